@@ -1,0 +1,1 @@
+"""megatron-vopd: Vision-OPD on-policy self-distillation of Qwen-VL models on Megatron-Core."""

@@ -1,0 +1,595 @@
+"""Every knob of megatron-vopd, as typed dataclasses, and the YAML recipes that fill them.
+
+Defaults live here and only here. A recipe (``configs/*.yaml``) overrides some of them; the
+command line overrides the recipe with ``key.sub=value`` strings::
+
+    cfg = load_config("configs/demo.yaml", ["parallel.tensor_model_parallel_size=2",
+                                            "distill.top_k=null"])
+
+The ``model`` section of a recipe may name a model recipe instead of spelling it out::
+
+    model: tiny-qwen2.5-vl            # loads configs/model/tiny-qwen2.5-vl.yaml
+    model:                            # the same, then two fields changed
+      recipe: qwen2.5-vl-7b
+      params_dtype: float32
+      recompute: false
+
+Every mistake raises :class:`ConfigError` naming the full dotted key: unknown keys (with the
+valid keys of that section), wrong types, bad choices, and combinations that cannot run
+(:func:`validate`). The ``ModelConfig`` defaults describe the tiny Qwen2.5-VL used on CPU;
+real sizes come from ``configs/model/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# configs/ of a source checkout: <repo>/megatron_vopd/config.py -> <repo>/configs
+CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
+MODEL_RECIPES_DIR = CONFIGS_DIR / "model"
+
+KNOWN_ARCHS = ("qwen2.5-vl",)
+# The tokenizer an architecture's token ids belong to.
+ARCH_TOKENIZER = {"qwen2.5-vl": "qwen2.5"}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be loaded or cannot run; the message names the key(s)."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass
+class VisionConfig:
+    """The Qwen2.5-VL vision tower (HF ``vision_config``)."""
+
+    depth: int = 4  # number of vision transformer blocks
+    hidden_size: int = 64  # vision block width
+    intermediate_size: int = 128  # vision gated-MLP width
+    num_heads: int = 2  # vision attention heads
+    in_channels: int = 3  # image channels (RGB)
+    patch_size: int = 14  # spatial patch side in pixels
+    temporal_patch_size: int = 2  # frames per patch (a still image is repeated)
+    spatial_merge_size: int = 2  # merger folds merge x merge patches into one LLM token
+    window_size: int = 112  # window-attention side in pixels
+    fullatt_block_indexes: list[int] = field(default_factory=lambda: [1, 3])  # blocks with full attention
+    out_hidden_size: int = 128  # merger output width (= language model hidden_size)
+    hidden_act: str = "silu"  # vision MLP activation
+
+
+@dataclass
+class ModelConfig:
+    """The language model plus its vision tower. Defaults: the tiny Qwen2.5-VL."""
+
+    arch: str = "qwen2.5-vl"  # architecture, one of KNOWN_ARCHS
+    num_layers: int = 4  # decoder layers
+    hidden_size: int = 128  # decoder width
+    ffn_hidden_size: int = 256  # gated-MLP width
+    num_attention_heads: int = 4  # query heads
+    num_query_groups: int = 2  # key/value heads (GQA groups)
+    kv_channels: int | None = 32  # head dim; None = hidden_size // num_attention_heads
+    vocab_size: int = 151936  # embedding rows (Qwen2.5 tokenizer)
+    max_position_embeddings: int = 128000  # longest position the rotary tables cover
+    rope_theta: float = 1000000.0  # rotary base
+    mrope_section: list[int] = field(default_factory=lambda: [4, 6, 6])  # M-RoPE (t, h, w) split of head_dim/2
+    rms_norm_eps: float = 1e-6  # RMSNorm epsilon
+    tie_word_embeddings: bool = False  # output layer shares the embedding matrix
+    image_token_id: int = 151655  # <|image_pad|>
+    video_token_id: int = 151656  # <|video_pad|>
+    vision_start_token_id: int = 151652  # <|vision_start|>
+    vision_end_token_id: int = 151653  # <|vision_end|>
+    vision: VisionConfig = field(default_factory=VisionConfig)  # vision tower
+    params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter/compute dtype
+    # layer implementation; auto = Transformer Engine when importable and CUDA is present, else local
+    transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
+    fp8: Literal["e4m3", "hybrid"] | None = None  # FP8 format for TE GEMMs; None = off
+    fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"  # TE FP8 scaling (when fp8 is set)
+    recompute: bool = False  # activation (gradient) checkpointing of full layers
+
+    @property
+    def head_dim(self) -> int:
+        """kv_channels, or hidden_size // num_attention_heads when it is None."""
+        return self.kv_channels if self.kv_channels is not None else self.hidden_size // self.num_attention_heads
+
+
+@dataclass
+class ParallelConfig:
+    """Megatron model parallelism; data parallelism is whatever the world size leaves."""
+
+    tensor_model_parallel_size: int = 1  # TP: shards attention heads and MLP columns
+    pipeline_model_parallel_size: int = 1  # PP: splits the decoder layers into stages
+    sequence_parallel: bool = False  # shard norms/dropout activations along the sequence (needs TP > 1)
+
+    def data_parallel_size(self, world_size: int) -> int:
+        """world_size // (TP * PP); ConfigError when it does not divide."""
+        model_parallel = self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        if world_size < 1 or world_size % model_parallel:
+            raise ConfigError(
+                f"world size {world_size} is not divisible by parallel.tensor_model_parallel_size * "
+                f"parallel.pipeline_model_parallel_size = {self.tensor_model_parallel_size} * "
+                f"{self.pipeline_model_parallel_size} = {model_parallel}"
+            )
+        return world_size // model_parallel
+
+
+@dataclass
+class DataConfig:
+    """Prompts: the student sees the full image, the teacher the crop around the evidence box."""
+
+    train_file: str | None = None  # training parquet/jsonl (Vision-OPD-6K schema)
+    eval_file: str | None = None  # held-out parquet/jsonl; None = no evaluation
+    min_pixels: int = 56 * 56  # Qwen-VL resize lower bound (pixels per image)
+    max_pixels: int = 28 * 28 * 1280  # Qwen-VL resize upper bound (pixels per image)
+    crop_margin: float = 0.5  # context kept around the evidence box on each side, as a fraction of the box side
+    min_crop_size: int = 224  # crops are grown to at least this many pixels per side
+    max_prompt_length: int = 8192  # prompt tokens (image tokens included); longer prompts are dropped
+    max_response_length: int = 1024  # response tokens trained on
+    prompts_per_step: int = 96  # prompts per rollout batch = per optimiser step
+    tokenizer: Literal["qwen2.5", "qwen3.5"] = "qwen2.5"  # tokenizer and chat template family
+
+
+@dataclass
+class RolloutConfig:
+    """On-policy sampling of the student (full image)."""
+
+    engine: Literal["vllm"] = "vllm"  # rollout engine
+    n_samples: int = 8  # responses sampled per prompt
+    temperature: float = 1.0  # sampling temperature (also the distillation temperature of the reference)
+    top_p: float = 1.0  # nucleus sampling threshold
+    max_tokens: int = 1024  # response tokens sampled at most
+    tensor_parallel_size: int = 1  # engine tensor parallelism
+    gpu_memory_utilization: float = 0.5  # fraction of GPU memory vLLM may take (colocated with training)
+    cpu_kvcache_space_gib: int = 4  # vLLM KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # engine weight/compute dtype
+    max_model_len: int = 9216  # engine context length (>= data.max_prompt_length + max_tokens)
+    weight_sync_bucket_bytes: int = 512 * 1024 * 1024  # bytes per bucket when pushing weights to the engine
+    seed: int = 0  # engine sampling seed
+
+
+@dataclass
+class DistillConfig:
+    """The loss: generalised JSD between teacher (crop) and student (full image) along sampled tokens."""
+
+    alpha: float = 0.5  # JSD mixture weight: 0 = forward KL(T||S), 1 = reverse KL(S||T)
+    top_k: int | None = 100  # support = student's top-k tokens plus a tail bucket; None = full vocab
+    temperature: float = 1.0  # logits are divided by this before log_softmax
+    is_clip: float = 2.0  # clip of the (detached) importance weights
+    teacher: Literal["ema", "current", "fixed"] = "ema"  # teacher weights: EMA of student, student itself, frozen base
+    ema_rate: float = 0.05  # EMA teacher: theta_T <- (1 - rate) theta_T + rate theta_S after each step
+    crop_anchor_weight: float = 0.0  # weight of the same divergence with the student on the crop (0 = off)
+    loss_chunk_tokens: int = 2048  # tokens per chunk when computing vocab-sized losses
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule; one optimiser step per rollout batch."""
+
+    lr: float = 2e-6  # peak learning rate
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.01  # decoupled weight decay
+    clip_grad: float = 1.0  # global gradient-norm clip; 0 = off
+    warmup_steps: int = 10  # linear warm-up steps
+    schedule: Literal["constant", "cosine"] = "constant"  # after warm-up
+    min_lr: float = 0.0  # floor of the cosine schedule
+    micro_batch_tokens: int = 9216  # tokens per micro-batch per GPU (dynamic batching)
+    train_steps: int = 65  # optimiser steps (~1 epoch of Vision-OPD-6K at 96 prompts/step)
+
+
+@dataclass
+class CheckpointConfig:
+    """Distributed checkpoints (megatron dist_checkpointing)."""
+
+    dir: str = "checkpoints"  # where checkpoints are written
+    save_interval: int = 10  # save every N steps and after the last one; 0 = only after the last one
+    keep_last: int | None = 2  # checkpoints kept; None = keep all
+    resume: bool = True  # continue from the latest checkpoint in dir when there is one
+    load: str | None = None  # weights to start from when dir has none; None = random init
+
+
+@dataclass
+class LoggingConfig:
+    """Metrics sinks."""
+
+    log_interval: int = 1  # steps between metric lines
+    tensorboard_dir: str | None = None  # TensorBoard event directory; None = off
+    jsonl_path: str | None = None  # one JSON object per logged step; None = off
+    wandb_project: str | None = None  # Weights & Biases project; None = off
+    wandb_run_name: str | None = None  # Weights & Biases run name; None = generated
+
+
+@dataclass
+class VopdConfig:
+    """The whole run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    seed: int = 1234  # seed of initialisation, data order and dropout
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> VopdConfig:
+    """Defaults <- YAML recipe at `path` (None = defaults only) <- `overrides` ("key.sub=value").
+
+    The result is checked with :func:`validate` (structural checks only: no world size)."""
+    cfg = VopdConfig()
+    if path is not None:
+        path = Path(path)
+        _update(cfg, _read_yaml(path), "", str(path), path.parent)
+    cfg = apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def apply_overrides(cfg: VopdConfig, overrides: Sequence[str]) -> VopdConfig:
+    """Applies ``key.sub=value`` strings in order (value parsed as YAML); returns `cfg`.
+
+    ``model=<recipe name or path>`` replaces the whole model section."""
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"override {text!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(value_text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {text!r}: value is not valid YAML: {e}") from None
+        for part in reversed(key.split(".")):
+            value = {part: value}
+        _update(cfg, value, "", f"override {text!r}", Path.cwd())
+    return cfg
+
+
+def load_model_config(name_or_path: str, base_dir: Path | None = None, source: str = "model") -> ModelConfig:
+    """A model recipe: a name in configs/model/ (``tiny-qwen2.5-vl``) or a path to a YAML file.
+
+    Relative paths resolve against `base_dir` (default: the working directory); `source`
+    prefixes the error when the recipe cannot be found."""
+    path = _find_model_recipe(name_or_path, base_dir or Path.cwd(), source)
+    model = ModelConfig()
+    _update(model, _read_yaml(path), "model", str(path), path.parent)
+    return model
+
+
+def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> VopdConfig:
+    """A VopdConfig from a nested mapping shaped like a recipe (not validated)."""
+    cfg = VopdConfig()
+    _update(cfg, data, "", source, Path.cwd())
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict of builtins (tuples as lists), suitable for YAML/JSON."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The resolved config as YAML text, fields in declaration order."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _find_model_recipe(name_or_path: str, base_dir: Path, source: str) -> Path:
+    """Names look in configs/model/; paths (a '/' or a .yaml/.yml suffix) resolve against
+    base_dir (the including file's directory) and then the working directory."""
+    if "/" in name_or_path or name_or_path.endswith((".yaml", ".yml")):
+        path = Path(name_or_path).expanduser()
+        candidates = [path] if path.is_absolute() else [base_dir / path, Path.cwd() / path]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        looked = ", ".join(map(str, candidates))
+        raise ConfigError(f"{source}: model: recipe file {name_or_path!r} not found (looked in {looked})")
+    path = MODEL_RECIPES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MODEL_RECIPES_DIR.glob("*.yaml"))
+        raise ConfigError(
+            f"{source}: model: unknown model recipe {name_or_path!r}; known recipes in {MODEL_RECIPES_DIR}: {known}"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- typed conversion
+
+
+def _update(obj: Any, data: Any, prefix: str, source: str, base_dir: Path) -> None:
+    """Sets the fields of dataclass `obj` named by mapping `data`, converting each value."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: {prefix or 'config'}: expected a mapping, got {data!r} ({type(data).__name__})")
+    hints = typing.get_type_hints(type(obj))
+    names = [f.name for f in dataclasses.fields(obj)]
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            section = f"of '{prefix}'" if prefix else "at the top level"
+            raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys {section}: {', '.join(names)}")
+        if isinstance(obj, VopdConfig) and key == "model":
+            obj.model = _model_section(obj.model, value, source, base_dir)
+        else:
+            setattr(obj, key, _convert(value, hints[key], dotted, source, base_dir, getattr(obj, key)))
+
+
+def _model_section(current: ModelConfig, value: Any, source: str, base_dir: Path) -> ModelConfig:
+    """`model: <recipe>` or `model: {recipe: <recipe>, field: value, ...}` or a plain mapping."""
+    if isinstance(value, str):
+        return load_model_config(value, base_dir, source)
+    if isinstance(value, Mapping) and "recipe" in value:
+        recipe = value["recipe"]
+        if not isinstance(recipe, str):
+            raise ConfigError(f"{source}: model.recipe: expected str, got {recipe!r} ({type(recipe).__name__})")
+        current = load_model_config(recipe, base_dir, source)
+        value = {k: v for k, v in value.items() if k != "recipe"}
+    _update(current, value, "model", source, base_dir)
+    return current
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str, source: str, base_dir: Path, current: Any = None) -> Any:
+    """`value` (parsed YAML) checked/converted to type `tp`; errors name `key`."""
+
+    def wrong() -> ConfigError:
+        return ConfigError(f"{source}: {key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) == 1:
+            return _convert(value, rest[0], key, source, base_dir, current)
+        raise wrong()
+    if origin is Literal:
+        if value in args and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{source}: {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+    if dataclasses.is_dataclass(tp):
+        obj = current if current is not None else tp()
+        _update(obj, value, key, source, base_dir)
+        return obj
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        return [_convert(v, args[0], f"{key}[{i}]", source, base_dir) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise wrong()
+        if len(args) == 2 and args[1] is Ellipsis:
+            args = (args[0],) * len(value)
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: {key}: expected {len(args)} values ({_type_name(tp)}), got {list(value)!r}")
+        return tuple(_convert(v, a, f"{key}[{i}]", source, base_dir) for i, (v, a) in enumerate(zip(value, args)))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise wrong()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-6" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise wrong()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise wrong()
+    raise ConfigError(f"{source}: {key}: unsupported field type {_type_name(tp)}")  # a bug in this file
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def transformer_engine_available() -> bool:
+    """True when transformer_engine.pytorch imports and CUDA is present."""
+    try:
+        import torch
+        import transformer_engine.pytorch  # noqa: F401
+    except Exception:  # ImportError, or a broken TE install that fails while loading its library
+        return False
+    return torch.cuda.is_available()
+
+
+def resolve_transformer_impl(model: ModelConfig, te_available: bool | None = None) -> str:
+    """'local' or 'transformer_engine' ('auto' picks TE when it is available)."""
+    if model.transformer_impl != "auto":
+        return model.transformer_impl
+    if te_available is None:
+        te_available = transformer_engine_available()
+    return "transformer_engine" if te_available else "local"
+
+
+def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bool | None = None) -> None:
+    """Raises ConfigError listing every impossible combination, each naming its keys.
+
+    world_size None skips the checks that need it; te_available None detects Transformer
+    Engine (only when a setting needs it)."""
+    m, v, p = cfg.model, cfg.model.vision, cfg.parallel
+    tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
+    errors: list[str] = []
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            errors.append(message)
+
+    def positive(section: Any, prefix: str, *names: str) -> None:
+        for name in names:
+            check(getattr(section, name) > 0, f"{prefix}.{name}={getattr(section, name)} must be > 0")
+
+    # sizes that must be positive (divisions below rely on them)
+    positive(m, "model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
+             "num_query_groups", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps")
+    positive(v, "model.vision", "depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
+             "patch_size", "temporal_patch_size", "spatial_merge_size", "window_size", "out_hidden_size")
+    positive(p, "parallel", "tensor_model_parallel_size", "pipeline_model_parallel_size")
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+
+    # model
+    check(m.arch in KNOWN_ARCHS, f"model.arch={m.arch!r} is not a known architecture; known: {', '.join(KNOWN_ARCHS)}")
+    check(m.num_attention_heads % m.num_query_groups == 0,
+          f"model.num_query_groups={m.num_query_groups} must divide model.num_attention_heads={m.num_attention_heads}")
+    if m.kv_channels is None:
+        check(m.hidden_size % m.num_attention_heads == 0,
+              f"model.kv_channels=null needs model.hidden_size={m.hidden_size} divisible by "
+              f"model.num_attention_heads={m.num_attention_heads}")
+    else:
+        check(m.kv_channels > 0, f"model.kv_channels={m.kv_channels} must be > 0")
+    check(len(m.mrope_section) == 3 and sum(m.mrope_section) * 2 == m.head_dim,
+          f"model.mrope_section={m.mrope_section} must have 3 entries summing to head_dim/2 "
+          f"(model.kv_channels / head dim = {m.head_dim})")
+    token_ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    for name in token_ids:
+        check(0 <= getattr(m, name) < m.vocab_size,
+              f"model.{name}={getattr(m, name)} is outside model.vocab_size={m.vocab_size}")
+    check(v.out_hidden_size == m.hidden_size,
+          f"model.vision.out_hidden_size={v.out_hidden_size} must equal model.hidden_size={m.hidden_size}")
+    check(v.hidden_size % v.num_heads == 0,
+          f"model.vision.num_heads={v.num_heads} must divide model.vision.hidden_size={v.hidden_size}")
+    check(all(0 <= i < v.depth for i in v.fullatt_block_indexes),
+          f"model.vision.fullatt_block_indexes={v.fullatt_block_indexes} must lie in [0, model.vision.depth={v.depth})")
+    merged_patch = v.patch_size * v.spatial_merge_size
+    check(v.window_size % merged_patch == 0,
+          f"model.vision.window_size={v.window_size} must be a multiple of model.vision.patch_size * "
+          f"model.vision.spatial_merge_size = {merged_patch}")
+
+    # parallelism
+    check(m.num_attention_heads % tp == 0,
+          f"parallel.tensor_model_parallel_size={tp} must divide model.num_attention_heads={m.num_attention_heads}")
+    check(m.num_query_groups % tp == 0,
+          f"parallel.tensor_model_parallel_size={tp} must divide model.num_query_groups={m.num_query_groups}")
+    check(m.num_layers % pp == 0,
+          f"parallel.pipeline_model_parallel_size={pp} must divide model.num_layers={m.num_layers}")
+    check(not (p.sequence_parallel and tp == 1),
+          "parallel.sequence_parallel=true needs parallel.tensor_model_parallel_size > 1")
+    if world_size is not None:
+        try:
+            p.data_parallel_size(world_size)
+        except ConfigError as e:
+            errors.append(str(e))
+
+    # Transformer Engine
+    needs_te = m.fp8 is not None or m.transformer_impl == "transformer_engine"
+    if needs_te and te_available is None:
+        te_available = transformer_engine_available()
+    if m.fp8 is not None:
+        check(bool(te_available), f"model.fp8={m.fp8!r} requires Transformer Engine (transformer_engine.pytorch "
+                                  "importable and CUDA available); set model.fp8=null")
+        check(m.transformer_impl != "local",
+              f"model.fp8={m.fp8!r} requires Transformer Engine layers, but model.transformer_impl='local'")
+    if m.transformer_impl == "transformer_engine":
+        check(bool(te_available), "model.transformer_impl='transformer_engine' requires Transformer Engine "
+                                  "(transformer_engine.pytorch importable and CUDA available); use 'auto' or 'local'")
+
+    # data / rollout
+    d, r = cfg.data, cfg.rollout
+    positive(d, "data", "min_pixels", "max_prompt_length", "max_response_length", "prompts_per_step", "min_crop_size")
+    check(d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} must be <= data.max_pixels={d.max_pixels}")
+    check(d.crop_margin >= 0, f"data.crop_margin={d.crop_margin} must be >= 0")
+    if m.arch in ARCH_TOKENIZER:
+        check(d.tokenizer == ARCH_TOKENIZER[m.arch],
+              f"data.tokenizer={d.tokenizer!r} does not match model.arch={m.arch!r} (needs {ARCH_TOKENIZER[m.arch]!r})")
+    positive(r, "rollout", "n_samples", "max_tokens", "tensor_parallel_size", "cpu_kvcache_space_gib",
+             "weight_sync_bucket_bytes")
+    check(r.temperature > 0, f"rollout.temperature={r.temperature} must be > 0")
+    check(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
+    check(0 < r.gpu_memory_utilization <= 1,
+          f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
+    check(r.max_tokens <= d.max_response_length,
+          f"rollout.max_tokens={r.max_tokens} must be <= data.max_response_length={d.max_response_length}")
+    check(r.max_model_len >= d.max_prompt_length + r.max_tokens,
+          f"rollout.max_model_len={r.max_model_len} must be >= data.max_prompt_length + rollout.max_tokens "
+          f"= {d.max_prompt_length + r.max_tokens}")
+    check(r.tensor_parallel_size < 1 or m.num_attention_heads % r.tensor_parallel_size == 0,
+          f"rollout.tensor_parallel_size={r.tensor_parallel_size} must divide "
+          f"model.num_attention_heads={m.num_attention_heads}")
+    if world_size is not None and r.tensor_parallel_size >= 1:
+        check(world_size % r.tensor_parallel_size == 0,
+              f"world size {world_size} is not divisible by rollout.tensor_parallel_size={r.tensor_parallel_size}")
+
+    # distillation
+    s = cfg.distill
+    check(0 <= s.alpha <= 1, f"distill.alpha={s.alpha} must be in [0, 1]")
+    if s.top_k is not None:
+        check(1 <= s.top_k <= m.vocab_size,
+              f"distill.top_k={s.top_k} must be in [1, model.vocab_size={m.vocab_size}] (null = full vocabulary)")
+    check(s.temperature > 0, f"distill.temperature={s.temperature} must be > 0")
+    check(s.is_clip > 0, f"distill.is_clip={s.is_clip} must be > 0")
+    check(0 < s.ema_rate <= 1, f"distill.ema_rate={s.ema_rate} must be in (0, 1]")
+    check(s.crop_anchor_weight >= 0, f"distill.crop_anchor_weight={s.crop_anchor_weight} must be >= 0")
+    positive(s, "distill", "loss_chunk_tokens")
+
+    # optimiser
+    o = cfg.optimizer
+    positive(o, "optimizer", "lr", "train_steps")
+    check(all(0 <= b < 1 for b in o.betas), f"optimizer.betas={list(o.betas)} must lie in [0, 1)")
+    check(o.eps > 0, f"optimizer.eps={o.eps} must be > 0")
+    check(o.weight_decay >= 0, f"optimizer.weight_decay={o.weight_decay} must be >= 0")
+    check(o.clip_grad >= 0, f"optimizer.clip_grad={o.clip_grad} must be >= 0 (0 = off)")
+    check(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
+    check(0 <= o.min_lr <= o.lr, f"optimizer.min_lr={o.min_lr} must be in [0, optimizer.lr={o.lr}]")
+    longest = d.max_prompt_length + d.max_response_length
+    check(o.micro_batch_tokens >= longest,
+          f"optimizer.micro_batch_tokens={o.micro_batch_tokens} must hold one full sequence: "
+          f"data.max_prompt_length + data.max_response_length = {longest}")
+
+    # checkpoint / logging / seed
+    c = cfg.checkpoint
+    check(c.save_interval >= 0, f"checkpoint.save_interval={c.save_interval} must be >= 0")
+    check(c.keep_last is None or c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last} must be >= 1 or null")
+    check(cfg.logging.log_interval >= 1, f"logging.log_interval={cfg.logging.log_interval} must be >= 1")
+    check(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0")
+
+    if errors:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

@@ -1,0 +1,67 @@
+"""Multimodal RoPE position ids for Qwen2.5-VL (3 rows: temporal, height, width).
+
+Text tokens advance all three rows together by one. An image of ``grid_thw = (t, h, w)`` patches is
+``t * h * w / merge**2`` consecutive image tokens; they all start at the current position p, the
+temporal row is ``p + ti``, the height row ``p + hi`` and the width row ``p + wi`` over the merged
+grid, and the text after the image resumes at ``p + max(h, w) / merge``. Padding (attention mask 0)
+gets position 0. This is what transformers' ``get_rope_index`` computes for images; the test suite
+checks equality with it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _image_positions(start: int, grid_thw, merge: int) -> torch.Tensor:
+    t, h, w = (int(x) for x in grid_thw)
+    h, w = h // merge, w // merge
+    ti = torch.arange(t).view(t, 1, 1).expand(t, h, w)
+    hi = torch.arange(h).view(1, h, 1).expand(t, h, w)
+    wi = torch.arange(w).view(1, 1, w).expand(t, h, w)
+    return torch.stack([ti, hi, wi]).reshape(3, -1) + start
+
+
+def mrope_position_ids(
+    input_ids: torch.Tensor,
+    image_grid_thw: torch.Tensor | None,
+    *,
+    image_token_id: int,
+    spatial_merge_size: int = 2,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Return position ids ``[3, B, S]`` for a batch of token ids ``[B, S]`` (left or right padded).
+
+    Images are consumed from ``image_grid_thw`` in batch-major order, as the vision tower emits them.
+    A run of image tokens whose length does not match its grid raises ``ValueError``.
+    """
+    batch, seq = input_ids.shape
+    out = torch.zeros(3, batch, seq, dtype=torch.long)
+    grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+    for b in range(batch):
+        valid = attention_mask[b].bool() if attention_mask is not None else torch.ones(seq, dtype=torch.bool)
+        ids = input_ids[b][valid].tolist()
+        pieces, pos, i = [], 0, 0
+        while i < len(ids):
+            j = i
+            is_image = ids[i] == image_token_id
+            while j < len(ids) and (ids[j] == image_token_id) == is_image:
+                j += 1
+            if not is_image:
+                pieces.append(torch.arange(pos, pos + j - i).expand(3, -1))
+                pos += j - i
+            else:
+                grid = next(grids, None)
+                if grid is None:
+                    raise ValueError(f"sample {b}: more image-token runs than entries in image_grid_thw")
+                expected = grid[0] * grid[1] * grid[2] // spatial_merge_size**2
+                if j - i != expected:
+                    raise ValueError(f"sample {b}: image-token run of {j - i} tokens at {i}, grid {grid} needs {expected}")
+                pieces.append(_image_positions(pos, grid, spatial_merge_size))
+                pos += max(grid[1], grid[2]) // spatial_merge_size
+            i = j
+        if pieces:
+            out[:, b, valid] = torch.cat(pieces, dim=1)
+    if next(grids, None) is not None:
+        raise ValueError("image_grid_thw has more entries than image-token runs in input_ids")
+    return out

@@ -1,0 +1,120 @@
+"""Qwen2.5-VL on Megatron-Core.
+
+The language decoder is a Megatron-Core ``GPTModel`` with multimodal RoPE, tensor- and
+pipeline-parallel. The vision tower (14-px patches, windowed and full attention blocks, 2x2 patch
+merger) is transformers' own ``Qwen2_5_VisionTransformerPretrainedModel``, replicated on every TP
+rank of the first pipeline stage, as Megatron-Bridge does: it is small next to the decoder and its
+parameter names stay those of the Hugging Face checkpoint.
+
+Inputs are batch-first token ids ``[B, S]``; the image features replace the image-token embeddings
+in batch-major order; position ids are ``[3, B, S]`` (see ``mrope.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
+
+from megatron_vopd.config import ModelConfig, ParallelConfig
+from megatron_vopd.models.specs import checked_transformer_impl, layer_spec, transformer_config
+
+
+def hf_vision_config(model: ModelConfig):
+    """The transformers config of the vision tower described by ``model.vision``."""
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+
+    v = model.vision
+    return Qwen2_5_VLVisionConfig(
+        depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
+        num_heads=v.num_heads, in_channels=v.in_channels, patch_size=v.patch_size,
+        temporal_patch_size=v.temporal_patch_size, spatial_merge_size=v.spatial_merge_size,
+        window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes),
+        out_hidden_size=v.out_hidden_size, hidden_act=v.hidden_act,
+    )
+
+
+def causal_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
+    """Megatron's boolean attention mask ``[B, 1, S, S]`` (True = masked) from a ``[B, S]`` 0/1 mask.
+
+    With no padding, None: the decoder then applies its own causal mask."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return None
+    seq = attention_mask.shape[1]
+    causal = torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).triu(1)
+    keys_masked = ~attention_mask.bool()[:, None, None, :]
+    return causal[None, None] | keys_masked
+
+
+class Qwen25VLModel(MegatronModule):
+    """One pipeline stage of Qwen2.5-VL: vision tower and embedding on the first stage, output layer
+    on the last."""
+
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig, *, pre_process: bool = True,
+                 post_process: bool = True, te_available: bool | None = None):
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.transformer.enums import ModelType
+
+        impl = checked_transformer_impl(model, te_available)
+        super().__init__(config=transformer_config(model, parallel, impl))
+        self.model_cfg, self.transformer_impl = model, impl
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process, self.post_process = pre_process, post_process
+        self.vision_model = None
+        if pre_process:
+            from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+            vision_cfg = hf_vision_config(model)
+            vision_cfg._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+            self.vision_model = Qwen2_5_VisionTransformerPretrainedModel._from_config(
+                vision_cfg, dtype=self.config.params_dtype)
+        self.language_model = GPTModel(
+            config=self.config,
+            transformer_layer_spec=layer_spec(self.transformer_impl),
+            vocab_size=model.vocab_size,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=model.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_percent=1.0,
+            rotary_base=int(model.rope_theta),
+        )
+
+    def set_input_tensor(self, input_tensor):
+        """Pipeline schedules hand the previous stage's activations in here."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None) -> Tensor:
+        """Token embeddings ``[S, B, H]`` with the image-token rows replaced by vision features."""
+        emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H]
+        if pixel_values is None:
+            return emb
+        image_mask = input_ids == self.model_cfg.image_token_id  # [B, S]
+        features = self.vision_model(pixel_values.to(emb.dtype), grid_thw=image_grid_thw).pooler_output
+        if int(image_mask.sum()) != features.shape[0]:
+            raise ValueError(f"{int(image_mask.sum())} image tokens in input_ids but the vision tower "
+                             f"produced {features.shape[0]} features for image_grid_thw={image_grid_thw.tolist()}")
+        emb = emb.transpose(0, 1).masked_scatter(image_mask[..., None], features.to(emb.dtype))
+        return emb.transpose(0, 1).contiguous()
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
+                pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
+                labels: Tensor | None = None) -> Tensor:
+        """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage, or per-token losses ``[B, S]``
+        when ``labels`` are given; hidden states ``[S, B, H]`` on other stages.
+
+        ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding)."""
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        return self.language_model(
+            input_ids=None, position_ids=position_ids, attention_mask=causal_padding_mask(attention_mask),
+            decoder_input=decoder_input, labels=labels)
+
+
+def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None) -> Qwen25VLModel:
+    """The local pipeline stage of the model for the current Megatron parallel state."""
+    from megatron.core import parallel_state as ps
+
+    return Qwen25VLModel(model, parallel, pre_process=ps.is_pipeline_first_stage(),
+                         post_process=ps.is_pipeline_last_stage(), te_available=te_available)

@@ -1,0 +1,92 @@
+"""Layer specs and Megatron TransformerConfig for our model configs.
+
+``transformer_impl`` picks the layer spec: "local" (pure megatron-core modules: the CPU path),
+"transformer_engine" (TE modules; required for FP8) or "auto" (TE when it imports and CUDA is present).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from megatron_vopd.config import (ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl,
+                                  transformer_engine_available)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checked_transformer_impl(model: ModelConfig, te_available: bool | None = None) -> str:
+    """The resolved ``model.transformer_impl``; refuses TE or FP8 where Transformer Engine is missing."""
+    te = transformer_engine_available() if te_available is None else te_available
+    impl = resolve_transformer_impl(model, te)
+    if impl == "transformer_engine" and not te:
+        raise ConfigError("model.transformer_impl='transformer_engine' needs Transformer Engine with CUDA, "
+                          "which is not available here; set model.transformer_impl=local")
+    if model.fp8 is not None and impl != "transformer_engine":
+        raise ConfigError(f"model.fp8={model.fp8!r} needs Transformer Engine (model.transformer_impl="
+                          "transformer_engine with CUDA); unset model.fp8 to train without FP8")
+    return impl
+
+
+def layer_spec(impl: str):
+    """The GPT decoder layer spec for a resolved ``transformer_impl``."""
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if impl == "transformer_engine":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def fp8_settings(model: ModelConfig) -> dict:
+    """TransformerConfig keys for the config's FP8 format and recipe (empty without FP8)."""
+    if model.fp8 is None:
+        return {}
+    return {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe, "fp8_param": False}
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str):
+    """Megatron TransformerConfig of the Qwen2.5-VL language decoder."""
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    dtype = _DTYPES[model.params_dtype]
+    cpu = not torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.kv_channels or model.hidden_size // model.num_attention_heads,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        mrope_section=list(model.mrope_section),
+        rotary_interleaved=False,
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        variable_seq_lengths=True,  # micro-batches of different lengths through the pipeline
+        moe_token_dispatcher_type="alltoall",  # (no experts; the default dispatcher refuses variable lengths)
+        use_cpu_initialization=cpu,
+        perform_initialization=True,
+        # Fusions need CUDA kernels (apex/TE); the TE path turns on what TE provides.
+        bias_activation_fusion=False,
+        bias_dropout_fusion=False,
+        masked_softmax_fusion=False,
+        persist_layer_norm=False,
+        apply_rope_fusion=False,
+        gradient_accumulation_fusion=False,
+        recompute_granularity="full" if model.recompute else None,
+        recompute_method="uniform" if model.recompute else None,
+        recompute_num_layers=1 if model.recompute else None,
+        **fp8_settings(model),
+    )

@@ -1,0 +1,45 @@
+"""Forward (and backward) of a list of micro-batches through Megatron's pipeline schedule.
+
+Every rank of a pipeline gets the same micro-batches (dicts of tensors, batch-first). The first
+stage embeds tokens and images; every stage needs the position ids and padding mask; the last stage
+turns its output into a loss with ``loss_fn(output, batch) -> (loss, metrics)``. Works at PP=1 too
+(the schedule without pipelining). Returns the list of metrics dicts of the last stage.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "labels")
+
+
+def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, forward_only: bool = False) -> list:
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    batches = iter(microbatches)
+
+    def forward_step(data_iterator, stage_model):
+        batch = next(data_iterator)
+        output = stage_model(**{k: batch.get(k) for k in MODEL_INPUTS})
+        return output, lambda out: loss_fn(out, batch)
+
+    first = microbatches[0]
+    batch_size, seq_len = first["input_ids"].shape
+    return get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=batches,
+        model=[model],
+        num_microbatches=len(microbatches),
+        seq_length=seq_len,
+        micro_batch_size=batch_size,
+        forward_only=forward_only,
+    )
+
+
+def cross_entropy_loss(per_token_loss: torch.Tensor, batch: dict):
+    """Token-mean cross entropy of one micro-batch from the decoder's per-token losses ``[B, S]``."""
+    mask = batch["loss_mask"].to(per_token_loss.dtype)
+    loss = (per_token_loss * mask).sum() / mask.sum()
+    return loss, {"loss": loss.detach()}
