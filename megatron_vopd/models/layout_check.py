@@ -1,5 +1,9 @@
-"""torchrun worker: one forward (logits) and one forward+backward (loss, grad norm) of the tiny
-Qwen2.5-VL on an image+text batch at the layout given by --tp/--pp.
+"""Layout parity check: the same weights give the same logits, loss and gradient norm at any TP x PP.
+
+A torchrun worker: one forward (logits) and one forward+backward (loss, grad norm) of a model recipe
+(default: the tiny Qwen2.5-VL) on an image+text batch at the layout given by --tp/--pp.
+    torchrun --nproc-per-node 1 -m megatron_vopd.models.layout_check --save ref.pt
+    torchrun --nproc-per-node 4 -m megatron_vopd.models.layout_check --tp 2 --pp 2 --compare ref.pt
 
 --save FILE  (TP1PP1, one process): initialise the weights, write them and the results to FILE.
 --compare FILE: load the weights from FILE, compute the same results, print the max differences as

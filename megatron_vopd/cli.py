@@ -1,0 +1,55 @@
+"""The ``vopd`` command. Each subcommand lives in its own module; this file only dispatches.
+
+    vopd demo                 run the demo (for now: the TP/PP layout parity check of the tiny model)
+    vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_config(args) -> int:
+    from megatron_vopd.config import ConfigError, dump_yaml, load_config
+
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from megatron_vopd.demo import run_demo
+
+    return run_demo(model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vopd", description="Vision-OPD on Megatron-Core: on-policy "
+                                     "self-distillation of Qwen-VL models (student: full image, teacher: evidence crop).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("demo", help="run the CPU demo (now: TP/PP layout parity of the tiny Qwen2.5-VL)")
+    p.add_argument("--model", default="tiny-qwen2.5-vl", help="model recipe (configs/model/NAME.yaml)")
+    p.set_defaults(func=_cmd_demo)
+    p = sub.add_parser("config", help="print a recipe resolved with key.sub=value overrides, after validation")
+    p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. configs/demo.yaml); default: built-in defaults")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. parallel.tensor_model_parallel_size=2")
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Probe one CPU shim: with every other shim applied, run the workload that needs it (expecting
+the failure), then apply it and run the workload again (expecting success). Prints RESULT JSON."""
+
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+from megatron_vopd.runtime import cpu_shims
+from megatron_vopd.runtime.distributed import _free_port
+
+
+def start_world_of_one():
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    from megatron.core import parallel_state as ps
+
+    ps.initialize_model_parallel(1, 1)
+
+
+def seed():
+    from megatron.core import tensor_parallel
+
+    tensor_parallel.model_parallel_cuda_manual_seed(1234)
+    with tensor_parallel.get_cuda_rng_tracker().fork():
+        return torch.rand(3)
+
+
+def tiny_gpt():
+    from megatron_vopd.config import ParallelConfig, load_model_config
+    from megatron_vopd.models.qwen25_vl import Qwen25VLModel
+
+    cfg = load_model_config("tiny-qwen2.5-vl")
+    cfg.transformer_impl = "local"
+    return Qwen25VLModel(cfg, ParallelConfig())
+
+
+def build():
+    return sum(p.numel() for p in tiny_gpt().parameters())
+
+
+def forward():
+    from megatron.core.transformer.utils import get_default_causal_mask
+
+    get_default_causal_mask.cache_clear() if hasattr(get_default_causal_mask, "cache_clear") else None
+    model = tiny_gpt()
+    ids = torch.randint(0, 1000, (1, 8))
+    return model(ids, torch.arange(8).expand(3, 1, 8)).shape
+
+
+def p2p_sync():
+    import inspect
+
+    from megatron.core.pipeline_parallel import p2p_communication
+
+    assert "torch.cuda.synchronize()" in inspect.getsource(p2p_communication)  # the call site needing it
+    torch.cuda.synchronize()
+    torch.cuda.current_stream().wait_stream(None)
+    return "ok"
+
+
+WORKLOADS = {
+    "cpu_rng_tracker": seed,
+    "current_device_is_cpu": build,
+    "cuda_tensors_on_cpu": forward,
+    "cuda_sync_and_streams": p2p_sync,
+}
+
+
+def main(name):
+    start_world_of_one()
+    others = [n for n in cpu_shims.SHIM_NAMES if n != name]
+    cpu_shims.apply_cpu_shims(others)
+    if name != "cpu_rng_tracker":
+        seed()
+    try:
+        WORKLOADS[name]()
+        without = None
+    except Exception as e:  # noqa: BLE001 - the failure is what we report
+        without = f"{type(e).__name__}: {e}"[:300]
+    cpu_shims.apply_cpu_shims([name])
+    if name != "cpu_rng_tracker":
+        seed()
+    with_shim = str(WORKLOADS[name]())
+    print("RESULT " + json.dumps({"shim": name, "error_without": without, "with": with_shim}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
