@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state as ps
 
+from megatron_vopd.bridge import MappingTable
 from megatron_vopd.bridge.distribution import iter_full_parameters, load_full_state_dict
 from megatron_vopd.config import ParallelConfig, load_model_config
 from megatron_vopd.models.mrope import mrope_position_ids
@@ -79,9 +80,10 @@ def main():
     parallel = ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     info = init_distributed(args.tp, args.pp, seed=1234, timeout_s=120)
     model = build_model(model_cfg, parallel)
+    table = MappingTable.for_config(model_cfg)
     if args.compare:
         ref = torch.load(args.compare, weights_only=True)
-        load_full_state_dict(model, ref["weights"])
+        load_full_state_dict(model, table, ref["weights"])
     batch = make_batch(model_cfg)
 
     captured = {}
@@ -104,7 +106,7 @@ def main():
     dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
     logits, loss = payload
 
-    full_weights = dict(iter_full_parameters(model))
+    full_weights = dict(iter_full_parameters(model, table))
     if args.save:
         torch.save({"weights": full_weights, "logits": logits, "loss": loss, "grad_norm": norm}, args.save)
         if info.rank == 0:
