@@ -2,6 +2,7 @@
 
     vopd demo                 run the demo (for now: the TP/PP layout parity check of the tiny model)
     vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
+    vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (bridge/commands.py)
 """
 
 from __future__ import annotations
@@ -39,12 +40,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. configs/demo.yaml); default: built-in defaults")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. parallel.tensor_model_parallel_size=2")
     p.set_defaults(func=_cmd_config)
+    from megatron_vopd.bridge.commands import register as register_convert
+
+    register_convert(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from megatron_vopd.bridge.hf_config import hf_vision_config
 from megatron_vopd.bridge.mappings import QKV, ColumnParallel, GatedMLP, Replicated, RowParallel
 from megatron_vopd.bridge.registry import register_table
 
 
 def _vision_parameter_names(cfg) -> list[str]:
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
-
-    from megatron_vopd.models.qwen25_vl import hf_vision_config
 
     with torch.device("meta"):
         tower = Qwen2_5_VisionTransformerPretrainedModel._from_config(hf_vision_config(cfg))

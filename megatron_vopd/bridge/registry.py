@@ -51,14 +51,14 @@ def architecture_for_hf(hf_archs: list[str], source: str) -> Architecture:
 class MappingTable:
     """A table resolved for one model config: lookup by Megatron name or by HF name."""
 
-    def __init__(self, mappings: list[Mapping]):
-        self.mappings = mappings
+    def __init__(self, arch: str, mappings: list[Mapping]):
+        self.arch, self.mappings = arch, mappings
         self.by_megatron = {m.megatron: m for m in mappings}
         self.by_hf = {h: m for m in mappings if m.export for h in m.hf}
 
     @classmethod
     def for_config(cls, cfg) -> MappingTable:
-        return cls(architecture(cfg.arch).build_table(cfg))
+        return cls(cfg.arch, architecture(cfg.arch).build_table(cfg))
 
     def megatron(self, name: str) -> Mapping:
         try:

@@ -16,22 +16,9 @@ import torch
 from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
+from megatron_vopd.bridge.hf_config import hf_vision_config
 from megatron_vopd.config import ModelConfig, ParallelConfig
 from megatron_vopd.models.specs import checked_transformer_impl, layer_spec, transformer_config
-
-
-def hf_vision_config(model: ModelConfig):
-    """The transformers config of the vision tower described by ``model.vision``."""
-    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
-
-    v = model.vision
-    return Qwen2_5_VLVisionConfig(
-        depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size,
-        num_heads=v.num_heads, in_channels=v.in_channels, patch_size=v.patch_size,
-        temporal_patch_size=v.temporal_patch_size, spatial_merge_size=v.spatial_merge_size,
-        window_size=v.window_size, fullatt_block_indexes=list(v.fullatt_block_indexes),
-        out_hidden_size=v.out_hidden_size, hidden_act=v.hidden_act,
-    )
 
 
 def causal_padding_mask(attention_mask: Tensor | None) -> Tensor | None:

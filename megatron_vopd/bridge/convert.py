@@ -1,0 +1,141 @@
+"""HF <-> Megatron checkpoint conversion (run by ``vopd convert`` under torchrun, or in one process).
+
+hf-to-megatron: build the model at the requested TP x PP, fill each rank's shards straight from the
+safetensors files (each stage reads only its layers), save a Megatron distributed checkpoint (which
+loads at any other layout). megatron-to-hf: load such a checkpoint, stream ``export_hf`` into
+safetensors shards on rank 0, and write config.json plus the tokenizer/processor files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from megatron_vopd.bridge.distribution import load_sharded, local_parameters
+from megatron_vopd.bridge.export import export_hf
+from megatron_vopd.bridge.hf_config import hf_config, read_hf_config
+from megatron_vopd.bridge.hf_io import HFCheckpoint, ShardedSafetensorsWriter
+from megatron_vopd.bridge.megatron_ckpt import load_model, prepare_output_dir, read_model_config, save_model
+from megatron_vopd.bridge.registry import MappingTable
+from megatron_vopd.config import ConfigError, ParallelConfig, validate, VopdConfig
+
+ASSETS_DIR = "hf_assets"
+# Files of a HF folder that are not weights: carried through a Megatron checkpoint unchanged.
+HF_ASSETS = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+             "added_tokens.json", "chat_template.json", "chat_template.jinja", "preprocessor_config.json",
+             "video_preprocessor_config.json", "generation_config.json")
+
+
+class ConversionError(ValueError):
+    pass
+
+
+def _log(msg: str) -> None:
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"[convert] {msg}", flush=True)
+
+
+def check_hf_names(ckpt: HFCheckpoint, table: MappingTable) -> None:
+    """Every HF tensor the table needs is present, and nothing else is."""
+    expected, found = table.hf_names(), ckpt.names()
+    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    problems = []
+    if missing:
+        problems.append(f"missing tensors ({len(missing)}): {', '.join(missing[:20])}")
+    if unexpected:
+        problems.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:20])}")
+    if problems:
+        raise ConversionError(f"{ckpt.dir} does not match the {table.arch} mapping table:\n  " + "\n  ".join(problems))
+
+
+def check_hf_shapes(ckpt: HFCheckpoint, table: MappingTable, model, cfg) -> None:
+    """Collective: the HF tensors behind every local parameter have the shapes the model needs."""
+    from megatron.core import parallel_state as ps
+
+    tp_size, problems = ps.get_tensor_model_parallel_world_size(), []
+    for global_name, param in local_parameters(model):
+        mapping = table.megatron(global_name)
+        needed = mapping.to_hf(torch.empty(mapping.full_shape(param.shape, tp_size), device="meta"), cfg)
+        for hf_name, t in needed.items():
+            if ckpt.shape(hf_name) != tuple(t.shape):
+                problems.append(f"shape mismatch for {hf_name}: expected {tuple(t.shape)}, found {ckpt.shape(hf_name)}")
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, problems)
+    problems = sorted({p for rank in everyone for p in rank})
+    if problems:
+        raise ConversionError(f"{ckpt.dir} does not match its config.json:\n  " + "\n  ".join(problems[:30]))
+
+
+def check_layout(cfg, tp: int, pp: int) -> None:
+    full = VopdConfig(model=cfg, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    validate(full, world_size=tp * pp, te_available=False)
+    if cfg.vocab_size % tp:
+        raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide model.vocab_size={cfg.vocab_size}")
+
+
+def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False) -> Path:
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.runtime import init_distributed
+
+    t0 = time.time()
+    cfg = read_hf_config(hf_dir)
+    cfg.transformer_impl = "local" if not torch.cuda.is_available() else cfg.transformer_impl
+    check_layout(cfg, tp, pp)
+    prepare_output_dir(out, overwrite)
+    table = MappingTable.for_config(cfg)
+    ckpt = HFCheckpoint(hf_dir)
+    check_hf_names(ckpt, table)
+    init_distributed(tp, pp)
+    _log(f"{hf_dir} ({cfg.arch}, {cfg.num_layers} layers) -> Megatron at TP{tp} x PP{pp}")
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    check_hf_shapes(ckpt, table, model, cfg)
+
+    def full_tensor(global_name: str) -> torch.Tensor:
+        mapping = table.megatron(global_name)
+        return mapping.to_megatron({h: ckpt.get(h) for h in mapping.hf}, cfg).to(model.config.params_dtype)
+
+    load_sharded(model, table, full_tensor)
+    assets = {f"{ASSETS_DIR}/{n}": Path(hf_dir) / n for n in HF_ASSETS if (Path(hf_dir) / n).is_file()}
+    save_model(model, out, cfg, overwrite=overwrite, extra_files=assets)
+    _log(f"wrote {out} in {time.time() - t0:.1f}s ({sum(p.numel() for _, p in local_parameters(model)):,} parameters on rank 0)")
+    return Path(out)
+
+
+def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False,
+                   shard_bytes: int = 2 * 1024**3) -> Path:
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.runtime import init_distributed
+
+    t0 = time.time()
+    cfg = read_model_config(ckpt_dir)
+    cfg.transformer_impl = "local" if not torch.cuda.is_available() else cfg.transformer_impl
+    out_path = prepare_output_dir(out, overwrite)
+    init_distributed(tp, pp)
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    load_model(model, ckpt_dir)
+    _log(f"{ckpt_dir} -> Hugging Face folder {out}")
+    table = MappingTable.for_config(cfg)
+    rank0 = dist.get_rank() == 0
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    if rank0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    writer = ShardedSafetensorsWriter(tmp, shard_bytes) if rank0 else None
+    for hf_name, tensor in export_hf(model, table, cfg):
+        if rank0:
+            writer.add(hf_name, tensor)
+    if rank0:
+        writer.close()
+        hf_config(cfg).save_pretrained(tmp)
+        for asset in (Path(ckpt_dir) / ASSETS_DIR).glob("*"):
+            shutil.copy2(asset, tmp / asset.name)
+        if out_path.exists():
+            shutil.rmtree(out_path)
+        tmp.rename(out_path)
+    dist.barrier()
+    _log(f"wrote {out} ({writer.total_bytes / 1e6:.1f} MB)" if rank0 else "")
+    _log(f"done in {time.time() - t0:.1f}s")
+    return out_path

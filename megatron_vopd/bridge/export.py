@@ -1,0 +1,26 @@
+"""The streaming export of a live, sharded Megatron model as Hugging Face tensors.
+
+``export_hf(model, table, cfg)`` yields ``(hf_name, tensor)`` for the whole model: TP shards are
+gathered and each tensor comes from the pipeline stage that owns it (``distribution.py``), then the
+mapping turns it into HF format (``mappings.py``). At most one parameter is materialised at a time.
+Conversion to a HF folder and the rollout weight sync both consume exactly this stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+from megatron_vopd.bridge.distribution import iter_full_parameters
+from megatron_vopd.bridge.registry import MappingTable
+
+
+def export_hf(model, table: MappingTable, cfg, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    """Collective over the model-parallel group; every rank gets the whole stream."""
+    for name, full in iter_full_parameters(model, table):
+        mapping = table.megatron(name)
+        if not mapping.export:
+            continue
+        for hf_name, tensor in mapping.to_hf(full, cfg).items():
+            yield hf_name, tensor if dtype is None else tensor.to(dtype)

@@ -1,0 +1,86 @@
+"""Parity check: a Megatron checkpoint gives the logits of its Hugging Face model.
+
+A torchrun worker. Loads ``--ckpt`` (a Megatron checkpoint written by ``vopd convert``) at
+``--tp``/``--pp``, runs the image+text batch of ``layout_check`` through it, and compares the
+gathered logits with transformers' on ``--hf`` (eager attention, fp32):
+
+    torchrun --nproc-per-node 2 -m megatron_vopd.bridge.hf_parity --hf HF_DIR --ckpt CKPT --tp 2
+
+Prints ``RESULT {"logits_max_abs_diff": ...}`` on rank 0; ``--save-logits FILE`` keeps ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def transformers_logits(hf_dir: str, batch: dict) -> torch.Tensor:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    image_token_id = model.config.image_token_id
+    with torch.no_grad():
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    pixel_values=batch["pixel_values"], image_grid_thw=batch["image_grid_thw"],
+                    mm_token_type_ids=(batch["input_ids"] == image_token_id).int())
+    return out.logits
+
+
+def main(argv=None) -> int:
+    from megatron.core import parallel_state as ps
+
+    from megatron_vopd.bridge.megatron_ckpt import load_model, read_model_config
+    from megatron_vopd.config import ParallelConfig
+    from megatron_vopd.models.layout_check import gather_logits, make_batch
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.runtime import init_distributed
+    from megatron_vopd.train.schedule import forward_backward
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--hf", required=True)
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--save-logits")
+    ap.add_argument("--atol", type=float, default=1e-4)
+    args = ap.parse_args(argv)
+
+    cfg = read_model_config(args.ckpt)
+    cfg.transformer_impl = "local"
+    info = init_distributed(args.tp, args.pp, timeout_s=300)
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
+    load_model(model, args.ckpt)
+    model.eval()
+    batch = make_batch(cfg)
+    captured = {}
+
+    def keep(logits, _batch):
+        captured["logits"] = gather_logits(logits).detach()
+        return logits.sum() * 0, {}
+
+    with torch.no_grad():
+        forward_backward(model, [{k: v for k, v in batch.items() if k != "labels"}], keep, forward_only=True)
+    pp_group = ps.get_pipeline_model_parallel_group()
+    payload = [captured.get("logits")]
+    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
+    ours = payload[0]
+    if info.rank != 0:
+        return 0
+    theirs = transformers_logits(args.hf, batch)
+    valid = batch["attention_mask"].bool()
+    diff = (ours - theirs).abs()[valid].max().item()
+    if args.save_logits:
+        torch.save(ours, args.save_logits)
+    print("RESULT " + json.dumps({"tp": args.tp, "pp": args.pp, "logits_max_abs_diff": diff,
+                                  "logits_abs_max": theirs[valid].abs().max().item()}), flush=True)
+    return 0 if diff <= args.atol else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

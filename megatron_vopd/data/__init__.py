@@ -1,0 +1,1 @@
+"""Data for Vision-OPD (placeholder; filled below)."""
