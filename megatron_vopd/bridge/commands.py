@@ -7,7 +7,8 @@ import os
 import subprocess
 import sys
 
-from megatron_vopd.bridge.convert import ConversionError, hf_to_megatron, megatron_to_hf
+from megatron_vopd.bridge.convert import (ConversionError, hf_to_megatron, megatron_to_hf, preflight_hf_to_megatron,
+                                          preflight_megatron_to_hf)
 from megatron_vopd.bridge.hf_config import HFConfigError
 from megatron_vopd.bridge.megatron_ckpt import CheckpointExistsError
 from megatron_vopd.bridge.registry import UnknownArchitecture
@@ -35,6 +36,14 @@ def register(sub) -> None:
 
 def run(args) -> int:
     world = args.tp * args.pp
+    try:  # the checks that need no processes, before starting any
+        if args.direction == "hf-to-megatron":
+            preflight_hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.overwrite)
+        else:
+            preflight_megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if world > 1 and "RANK" not in os.environ:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
                "-m", "megatron_vopd.cli", *args.argv]

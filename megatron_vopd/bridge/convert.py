@@ -77,18 +77,35 @@ def check_layout(cfg, tp: int, pp: int) -> None:
         raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide model.vocab_size={cfg.vocab_size}")
 
 
-def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False) -> Path:
-    from megatron_vopd.models.qwen25_vl import build_model
-    from megatron_vopd.runtime import init_distributed
+def _runnable_here(cfg):
+    if not torch.cuda.is_available():
+        cfg.transformer_impl = "local"
+    return cfg
 
-    t0 = time.time()
-    cfg = read_hf_config(hf_dir)
-    cfg.transformer_impl = "local" if not torch.cuda.is_available() else cfg.transformer_impl
+
+def preflight_hf_to_megatron(hf_dir: str, out: str, tp: int, pp: int, overwrite: bool):
+    """Every check that needs no processes: config, layout, output folder, tensor names."""
+    cfg = _runnable_here(read_hf_config(hf_dir))
     check_layout(cfg, tp, pp)
     prepare_output_dir(out, overwrite)
     table = MappingTable.for_config(cfg)
     ckpt = HFCheckpoint(hf_dir)
     check_hf_names(ckpt, table)
+    return cfg, table, ckpt
+
+
+def preflight_megatron_to_hf(ckpt_dir: str, out: str, tp: int, pp: int, overwrite: bool):
+    cfg = _runnable_here(read_model_config(ckpt_dir))
+    check_layout(cfg, tp, pp)
+    return cfg, prepare_output_dir(out, overwrite)
+
+
+def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False) -> Path:
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.runtime import init_distributed
+
+    t0 = time.time()
+    cfg, table, ckpt = preflight_hf_to_megatron(hf_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
     _log(f"{hf_dir} ({cfg.arch}, {cfg.num_layers} layers) -> Megatron at TP{tp} x PP{pp}")
     model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
@@ -111,9 +128,7 @@ def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite:
     from megatron_vopd.runtime import init_distributed
 
     t0 = time.time()
-    cfg = read_model_config(ckpt_dir)
-    cfg.transformer_impl = "local" if not torch.cuda.is_available() else cfg.transformer_impl
-    out_path = prepare_output_dir(out, overwrite)
+    cfg, out_path = preflight_megatron_to_hf(ckpt_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
     model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
     load_model(model, ckpt_dir)

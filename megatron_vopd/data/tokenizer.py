@@ -35,7 +35,7 @@ from typing import Literal
 
 Family = Literal["qwen2.5", "qwen3.5"]
 
-BUILD_VERSION = 1  # bump when the way the tokenizer is built changes (invalidates caches)
+BUILD_VERSION = 2  # bump when the way the tokenizer is built changes (invalidates caches)
 
 _QWEN25_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -99,7 +99,11 @@ def build_backend(family: Family):
     if backend.get_vocab_size(with_added_tokens=False) != first_id:
         raise RuntimeError(f"{tiktoken_file(family)}: {backend.get_vocab_size()} BPE tokens, expected {first_id}")
     for i, text in enumerate(tokens):  # one by one, in id order, so each lands on its real id
-        backend.add_special_tokens([AddedToken(text, normalized=False, special=text not in _NOT_SPECIAL)])
+        token = AddedToken(text, normalized=False, special=text not in _NOT_SPECIAL)
+        if text in _NOT_SPECIAL:
+            backend.add_tokens([token])
+        else:
+            backend.add_special_tokens([token])
         if backend.token_to_id(text) != first_id + i:
             raise RuntimeError(f"{text} got id {backend.token_to_id(text)}, expected {first_id + i}")
     return backend
@@ -118,16 +122,16 @@ def _load(family: str, use_cache: bool):
     from transformers import PreTrainedTokenizerFast
 
     path = cached_tokenizer_file(family)
-    if not use_cache or not path.is_file():
-        backend = build_backend(family)
-        if not use_cache:
-            return _wrap(PreTrainedTokenizerFast(tokenizer_object=backend, **_TOKENIZER_KWARGS))
+    if use_cache and path.is_file():
+        return _wrap(PreTrainedTokenizerFast(tokenizer_file=str(path), **_TOKENIZER_KWARGS))
+    backend = build_backend(family)
+    if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")  # atomic: concurrent builders don't clash
         os.close(fd)
         backend.save(tmp)
         os.replace(tmp, path)
-    return _wrap(PreTrainedTokenizerFast(tokenizer_file=str(path), **_TOKENIZER_KWARGS))
+    return _wrap(PreTrainedTokenizerFast(tokenizer_object=backend, **_TOKENIZER_KWARGS))
 
 
 _TOKENIZER_KWARGS = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None, unk_token=None,

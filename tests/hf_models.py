@@ -1,0 +1,26 @@
+"""Tiny random Qwen2.5-VL checkpoints built with transformers (the real architecture and vocabulary)."""
+
+from pathlib import Path
+
+import torch
+
+
+def save_tiny_qwen25_vl(out: Path, *, tied: bool = False, kv_heads: int = 2, layers: int = 2, seed: int = 0) -> Path:
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=kv_heads, rope_theta=1e6, rms_norm_eps=1e-6,
+                         rope_scaling={"type": "mrope", "mrope_section": [4, 6, 6]}, tie_word_embeddings=tied),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                           fullatt_block_indexes=[1]),
+        image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        tie_word_embeddings=tied)
+    model = Qwen2_5_VLForConditionalGeneration(cfg)
+    with torch.no_grad():  # larger than the 0.02 init so that logits differ visibly between positions
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.08)
+    model.save_pretrained(out)
+    return out
