@@ -154,3 +154,11 @@ def test_crop_view_keeps_the_red_border(synth_dir):
     red = (crop == RED).all(axis=-1)
     assert red[1:-1].any(axis=1).all() and red[:, 1:-1].any(axis=0).all()  # the whole red rectangle is inside
     assert not red[0].any() and not red[:, 0].any()  # with a pixel of context around it
+
+
+def test_raw_jsonl_can_be_loaded_directly(synth_dir, prepared, qwen25_tokenizer):
+    from_jsonl = loader(synth_dir / "train.jsonl", qwen25_tokenizer, shuffle=False)
+    from_parquet = loader(prepared, qwen25_tokenizer, shuffle=False)
+    assert from_jsonl.records == from_parquet.records
+    a, b = next(iter(from_jsonl)), next(iter(from_parquet))
+    np.testing.assert_array_equal(a.prompts[0].teacher.input_ids, b.prompts[0].teacher.input_ids)

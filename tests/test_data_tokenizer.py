@@ -80,3 +80,15 @@ def test_cache_is_keyed_and_reused(family_and_tokenizer):
 def test_unknown_family_names_the_key():
     with pytest.raises(ValueError, match="data.tokenizer"):
         load_tokenizer("qwen9")
+
+
+def test_build_and_cache_in_a_fresh_directory(tmp_path, monkeypatch, qwen25_tokenizer):
+    from megatron_vopd.data import tokenizer as module
+
+    monkeypatch.setenv("VOPD_CACHE_DIR", str(tmp_path))
+    built = module._load.__wrapped__("qwen2.5", True)  # not memoised: builds, writes the cache
+    path = module.cached_tokenizer_file("qwen2.5")
+    assert path.is_file() and path.is_relative_to(tmp_path) and not list(path.parent.glob("*.tmp"))
+    loaded = module._load.__wrapped__("qwen2.5", True)  # reads the cache file
+    text = TEXTS[1] + "<|im_start|><|vision_start|><|image_pad|><|vision_end|>"
+    assert built(text)["input_ids"] == loaded(text)["input_ids"] == qwen25_tokenizer(text)["input_ids"]

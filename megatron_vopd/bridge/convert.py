@@ -108,7 +108,8 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: b
     cfg, table, ckpt = preflight_hf_to_megatron(hf_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
     _log(f"{hf_dir} ({cfg.arch}, {cfg.num_layers} layers) -> Megatron at TP{tp} x PP{pp}")
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+                        init_weights=False)
     check_hf_shapes(ckpt, table, model, cfg)
 
     def full_tensor(global_name: str) -> torch.Tensor:
@@ -130,7 +131,8 @@ def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite:
     t0 = time.time()
     cfg, out_path = preflight_megatron_to_hf(ckpt_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+                        init_weights=False)
     load_model(model, ckpt_dir)
     _log(f"{ckpt_dir} -> Hugging Face folder {out}")
     table = MappingTable.for_config(cfg)

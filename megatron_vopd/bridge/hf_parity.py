@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     cfg = read_model_config(args.ckpt)
     cfg.transformer_impl = "local"
     info = init_distributed(args.tp, args.pp, timeout_s=300)
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp),
+                        init_weights=False)
     load_model(model, args.ckpt)
     model.eval()
     batch = make_batch(cfg)

@@ -20,14 +20,14 @@ from megatron_vopd.data.chat_template import build_messages, encode_prompt, load
 from megatron_vopd.data.errors import DataError
 from megatron_vopd.data.image_processing import QwenVLImageProcessor, smart_resize
 from megatron_vopd.data.loader import EncodedPrompt, EncodedView, PromptBatch, PromptLoader
-from megatron_vopd.data.prepare import PrepareSummary, prepare
+from megatron_vopd.data.prepare import PrepareSummary  # the function: megatron_vopd.data.prepare.prepare
 from megatron_vopd.data.schema import SCHEMA, Record, read_records
 from megatron_vopd.data.synth import synthesize
 from megatron_vopd.data.tokenizer import SPECIAL_TOKEN_IDS, load_tokenizer
 from megatron_vopd.data.views import crop_box, draw_red_box, load_views
 
 __all__ = [
-    "DataError", "SCHEMA", "Record", "read_records", "prepare", "PrepareSummary", "synthesize",
+    "DataError", "SCHEMA", "Record", "read_records", "PrepareSummary", "synthesize",
     "QwenVLImageProcessor", "smart_resize", "load_tokenizer", "SPECIAL_TOKEN_IDS", "load_chat_template",
     "build_messages", "render_prompt", "encode_prompt", "crop_box", "draw_red_box", "load_views",
     "PromptLoader", "PromptBatch", "EncodedPrompt", "EncodedView",

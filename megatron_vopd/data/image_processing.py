@@ -84,7 +84,7 @@ class QwenVLImageProcessor:
     merge_size: int = 2
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
-    _lut: np.ndarray = field(init=False, repr=False)
+    _lut: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.min_pixels > self.max_pixels:

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 from megatron_vopd.data.views import BOX_LINE_WIDTH, crop_box, draw_red_box
 
 SOURCE = "vopd-synth"
-HINT = "Hint: only focus on the objects inside the red bounding box."
+HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."  # as Vision-OPD-6K
 INSTRUCTION = "Answer with the option's letter from the given choices."
 
 # object colours (no red: the evidence box is red)

@@ -38,12 +38,12 @@ class Qwen25VLModel(MegatronModule):
     on the last."""
 
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, *, pre_process: bool = True,
-                 post_process: bool = True, te_available: bool | None = None):
+                 post_process: bool = True, te_available: bool | None = None, init_weights: bool = True):
         from megatron.core.models.gpt import GPTModel
         from megatron.core.transformer.enums import ModelType
 
         impl = checked_transformer_impl(model, te_available)
-        super().__init__(config=transformer_config(model, parallel, impl))
+        super().__init__(config=transformer_config(model, parallel, impl, init_weights))
         self.model_cfg, self.transformer_impl = model, impl
         self.model_type = ModelType.encoder_or_decoder
         self.pre_process, self.post_process = pre_process, post_process
@@ -99,9 +99,13 @@ class Qwen25VLModel(MegatronModule):
             decoder_input=decoder_input, labels=labels)
 
 
-def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None) -> Qwen25VLModel:
-    """The local pipeline stage of the model for the current Megatron parallel state."""
+def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None,
+                init_weights: bool = True) -> Qwen25VLModel:
+    """The local pipeline stage of the model for the current Megatron parallel state.
+
+    ``init_weights=False`` for a model whose weights are loaded next (conversion, checkpoints)."""
     from megatron.core import parallel_state as ps
 
     return Qwen25VLModel(model, parallel, pre_process=ps.is_pipeline_first_stage(),
-                         post_process=ps.is_pipeline_last_stage(), te_available=te_available)
+                         post_process=ps.is_pipeline_last_stage(), te_available=te_available,
+                         init_weights=init_weights)

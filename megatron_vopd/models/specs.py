@@ -44,8 +44,11 @@ def fp8_settings(model: ModelConfig) -> dict:
     return {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe, "fp8_param": False}
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str):
-    """Megatron TransformerConfig of the Qwen2.5-VL language decoder."""
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
+    """Megatron TransformerConfig of the Qwen2.5-VL language decoder.
+
+    ``init_weights=False`` leaves parameters uninitialised (torch.empty) for a model whose weights are
+    about to be loaded: random initialisation on the CPU draws every full weight in fp32 first."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     dtype = _DTYPES[model.params_dtype]
@@ -77,7 +80,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str):
         variable_seq_lengths=True,  # micro-batches of different lengths through the pipeline
         moe_token_dispatcher_type="alltoall",  # (no experts; the default dispatcher refuses variable lengths)
         use_cpu_initialization=cpu,
-        perform_initialization=True,
+        perform_initialization=init_weights,
         # Fusions need CUDA kernels (apex/TE); the TE path turns on what TE provides.
         bias_activation_fusion=False,
         bias_dropout_fusion=False,

@@ -1,0 +1,32 @@
+"""The benchmarks run (tiny variants) and print their ratios, so they cannot rot unnoticed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_vopd.runtime.torchrun import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run_bench(script, *args):
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_mfu_quick_prints_ratio():
+    out = run_bench("mfu.py", "--quick")
+    ratio = float(next(line for line in out.splitlines() if line.startswith("MFU_RATIO")).split()[1])
+    assert 0 < ratio < 2
+
+
+def test_convert_quick_prints_ratios():
+    out = run_bench("convert.py", "--quick")
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    for direction in ("hf-to-megatron", "megatron-to-hf"):
+        assert result[direction]["time_ratio"] > 0 and result[direction]["memory_ratio"] > 0
