@@ -2,7 +2,8 @@
 
     vopd demo                 run the demo (for now: the TP/PP layout parity check of the tiny model)
     vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
-    vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (bridge/commands.py)
+    vopd data synth|prepare   synthetic fine-grained data; raw Vision-OPD-6K -> parquet (commands/data.py)
+    vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (commands/convert.py)
 """
 
 from __future__ import annotations
@@ -40,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. configs/demo.yaml); default: built-in defaults")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. parallel.tensor_model_parallel_size=2")
     p.set_defaults(func=_cmd_config)
-    from megatron_vopd.bridge.commands import register as register_convert
+    from megatron_vopd.commands.convert import register as register_convert
+    from megatron_vopd.commands.data import register as register_data
 
+    register_data(sub)
     register_convert(sub)
     return parser
 

@@ -81,3 +81,16 @@ def test_sharded_writer_roundtrip(tmp_path):
     ck = HFCheckpoint(tmp_path)
     assert (tmp_path / "model.safetensors.index.json").is_file() and len(list(tmp_path.glob("model-*"))) == 3  # 2 tensors of 4000 B a shard
     assert all(torch.equal(ck.get(k), v) for k, v in tensors.items())
+
+
+def test_tp_not_dividing_vocab_or_heads_is_named(cfg):
+    from megatron_vopd.bridge.convert import check_layout
+    from megatron_vopd.config import ConfigError
+
+    odd = load_model_config("tiny-qwen2.5-vl")
+    odd.vocab_size = 151937
+    with pytest.raises(ConfigError, match=r"tensor_model_parallel_size=2 does not divide model.vocab_size=151937"):
+        check_layout(odd, 2, 1)
+    with pytest.raises(ConfigError, match="model.num_attention_heads"):
+        check_layout(cfg, 3, 1)
+    check_layout(cfg, 2, 2)

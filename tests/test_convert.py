@@ -138,3 +138,13 @@ def test_shape_mismatch_names_tensor_expected_and_found(hf_untied, tmp_path):
     save_file(t, bad / "model.safetensors")
     err = failing("convert", "hf-to-megatron", "--hf", str(bad), "--out", str(tmp_path / "o"))
     assert "shape mismatch for model.layers.0.self_attn.o_proj.weight: expected (128, 128), found (128, 96)" in err
+
+
+def test_exported_folder_loads_in_transformers_with_processor(hf_untied, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    back = convert("megatron-to-hf", convert("hf-to-megatron", hf_untied, tmp_path / "mg"), tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(back)
+    assert processor.tokenizer.convert_tokens_to_ids("<|image_pad|>") == 151655
+    model = AutoModelForImageTextToText.from_pretrained(back)
+    assert type(model).__name__ == "Qwen2_5_VLForConditionalGeneration"

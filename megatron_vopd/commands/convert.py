@@ -34,6 +34,21 @@ def register(sub) -> None:
         q.set_defaults(func=run)
 
 
+def _add_processor_files(out) -> None:
+    """A checkpoint that never had tokenizer/processor files (a random model) gets them built offline."""
+    import torch.distributed as dist
+
+    from megatron_vopd.bridge.hf_config import read_hf_config
+    from megatron_vopd.config import ARCH_TOKENIZER
+    from megatron_vopd.data.hf_processor import save_processor
+
+    if (dist.is_initialized() and dist.get_rank() != 0) or (out / "tokenizer_config.json").is_file():
+        return
+    family = ARCH_TOKENIZER[read_hf_config(out).arch]
+    save_processor(out, family)
+    print(f"[convert] the checkpoint had no tokenizer/processor files: wrote the {family} ones", flush=True)
+
+
 def run(args) -> int:
     world = args.tp * args.pp
     try:  # the checks that need no processes, before starting any
@@ -55,7 +70,8 @@ def run(args) -> int:
         if args.direction == "hf-to-megatron":
             hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.overwrite)
         else:
-            megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite, int(args.shard_size_gb * 1024**3))
+            out = megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite, int(args.shard_size_gb * 1024**3))
+            _add_processor_files(out)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
