@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
-from megatron_vopd.data import commands
+from megatron_vopd.commands import data as commands
 from megatron_vopd.data.schema import SCHEMA, read_records
 from megatron_vopd.data.synth import PALETTE, make_scene, synthesize
 from megatron_vopd.data.views import RED
