@@ -30,3 +30,10 @@ def test_convert_quick_prints_ratios():
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
     for direction in ("hf-to-megatron", "megatron-to-hf"):
         assert result[direction]["time_ratio"] > 0 and result[direction]["memory_ratio"] > 0
+
+
+def test_loss_quick_prints_ratios():
+    out = run_bench("loss.py", "--quick")
+    ratios = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
+              if line.startswith(("MEMORY_RATIO", "TIME_RATIO"))}
+    assert set(ratios) == {"MEMORY_RATIO", "TIME_RATIO"} and all(v > 0 for v in ratios.values())

@@ -1,0 +1,195 @@
+"""Rollout check: after a weight sync from Megatron at any TP/PP, vLLM samples with the Megatron
+model's probabilities; stale weights are refused; a sync changes the output.
+
+A torchrun worker (the engine lives with global rank 0):
+
+    torchrun --nproc-per-node 2 -m megatron_vopd.rollout.sync_check --tp 2 --workdir /tmp/x [--greedy-vs-transformers]
+
+Prints ``RESULT {...}`` on rank 0 with the max |logprob difference| over all sampled tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+PROBLEMS = ["<image>\nWhat colour is the object inside the red box?\n\nA. red\nB. green\nC. blue\nD. yellow\n\n"
+            "Answer with the option's letter from the given choices.",
+            "<image>\nDescribe the image."]
+
+
+def make_prompts(cfg, tokenizer, seed=0):
+    """(RolloutRequest, pixel_values, image_grid_thw, expanded prompt ids) per problem."""
+    from PIL import Image
+
+    from megatron_vopd.data.chat_template import expand_image_pads, tokenize_prompt
+    from megatron_vopd.data.image_processing import QwenVLImageProcessor
+    from megatron_vopd.rollout.engine import RolloutRequest
+
+    rng = np.random.RandomState(seed)
+    processor = QwenVLImageProcessor()
+    out = []
+    for i, problem in enumerate(PROBLEMS):
+        image = Image.fromarray((rng.rand(112 + 56 * i, 168, 3) * 255).astype("uint8"))
+        ids = tokenize_prompt(problem, tokenizer, "qwen2.5")
+        feats = processor([image])
+        n_tokens = int(feats["image_grid_thw"].prod()) // 4
+        expanded = expand_image_pads(np.asarray(ids), cfg.image_token_id, [n_tokens])
+        out.append((RolloutRequest([int(t) for t in ids], [image]), torch.as_tensor(feats["pixel_values"]),
+                    torch.as_tensor(feats["image_grid_thw"]), [int(t) for t in expanded]))
+    return out
+
+
+def megatron_logprobs(model, cfg, prompt_ids, response, pixel_values, grid) -> list[float]:
+    """Teacher-forced log-probs of ``response`` after ``prompt_ids`` (collective; all ranks get them)."""
+    from megatron.core import parallel_state as ps
+
+    from megatron_vopd.models.layout_check import gather_logits
+    from megatron_vopd.models.mrope import mrope_position_ids
+    from megatron_vopd.train.schedule import forward_backward
+
+    ids = torch.tensor([prompt_ids + response])
+    batch = dict(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
+                 position_ids=mrope_position_ids(ids, grid, image_token_id=cfg.image_token_id))
+    got = {}
+
+    def keep(logits, _b):
+        logp = torch.log_softmax(gather_logits(logits).float(), dim=-1)[0]
+        start = len(prompt_ids) - 1
+        got["lp"] = logp[start:start + len(response)].gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
+        return logits.sum() * 0, {}
+
+    with torch.no_grad():
+        forward_backward(model, [batch], keep, forward_only=True)
+    pp_group = ps.get_pipeline_model_parallel_group()
+    payload = [got.get("lp")]
+    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
+    return payload[0]
+
+
+def export_folder(model, cfg, table, out: Path, rank0: bool, processor: bool = True) -> None:
+    """Collective: write the model as a HF folder (weights, config, processor files) on rank 0."""
+    from megatron_vopd.bridge.export import export_hf
+    from megatron_vopd.bridge.hf_config import hf_config
+    from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
+    from megatron_vopd.data.hf_processor import save_processor
+
+    writer = ShardedSafetensorsWriter(out) if rank0 else None
+    for name, tensor in export_hf(model, table, cfg):
+        if rank0:
+            writer.add(name, tensor)
+    if rank0:
+        writer.close()
+        hf_config(cfg).save_pretrained(out)
+        if processor:
+            save_processor(out)
+
+
+@torch.no_grad()
+def perturb(model, seed: int, scale: float = 0.02) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.add_(torch.randn(p.shape, generator=g) * scale)
+
+
+def main(argv=None) -> int:
+    from megatron_vopd.bridge.registry import MappingTable
+    from megatron_vopd.config import ParallelConfig, load_model_config
+    from megatron_vopd.data.tokenizer import load_tokenizer
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.rollout.engine import SamplingSpec, StaleWeightsError
+    from megatron_vopd.rollout.vllm_engine import VLLMEngine
+    from megatron_vopd.rollout.weight_sync import sync_weights
+    from megatron_vopd.runtime import init_distributed
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--greedy-vs-transformers", action="store_true")
+    ap.add_argument("--bucket-bytes", type=int, default=8 * 1024**2)
+    args = ap.parse_args(argv)
+
+    cfg = load_model_config("tiny-qwen2.5-vl")
+    cfg.transformer_impl = "local"
+    info = init_distributed(args.tp, args.pp, seed=7, timeout_s=1800)
+    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
+    model.eval()
+    work = Path(args.workdir)
+    rank0 = info.rank == 0
+    table = MappingTable.for_config(cfg)
+    # The engine starts from the policy's current weights on disk (vLLM's dummy start leaves its
+    # vision tower wrong even after a reload), then follows the policy by syncs.
+    export_folder(model, cfg, table, work / "engine", rank0)
+    engine = None
+    if rank0:
+        engine = VLLMEngine(str(work / "engine"), dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1, seed=0)
+        engine.start()
+    dist.barrier()
+    sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype="float32")  # noqa: E731
+    perturb(model, seed=5)
+    stats = sync(1)
+    prompts = make_prompts(cfg, load_tokenizer("qwen2.5"))
+    requests = [p[0] for p in prompts]
+    result = {"tp": args.tp, "pp": args.pp, "sync": stats}
+
+    samples = [engine.generate(requests, SamplingSpec(n=2, temperature=1.0, max_tokens=8, seed=3), weight_version=1)
+               if rank0 else None]
+    greedy = [engine.generate(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), weight_version=1)
+              if rank0 else None]
+    dist.broadcast_object_list(samples, src=0)
+    diffs = []
+    for (req, pv, grid, expanded), per_prompt in zip(prompts, samples[0]):
+        for s in per_prompt:
+            ours = megatron_logprobs(model, cfg, expanded, s.token_ids, pv, grid)
+            diffs += [abs(a - b) for a, b in zip(ours, s.logprobs)]
+    result["sampled_tokens"] = len(diffs)
+    result["logprob_max_abs_diff"] = max(diffs)
+
+    # Change the weights; without a sync the engine refuses; after one its output changes.
+    perturb(model, seed=11)
+    if rank0:
+        try:
+            engine.generate(requests, SamplingSpec(max_tokens=4), weight_version=2)
+            result["stale_error"] = None
+        except StaleWeightsError as e:
+            result["stale_error"] = str(e)
+    sync(2)
+    if rank0:
+        after = engine.generate(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), weight_version=2)
+        result["greedy_before"] = [r[0].token_ids for r in greedy[0]]
+        result["greedy_after"] = [r[0].token_ids for r in after]
+
+    if args.greedy_vs_transformers:
+        export_folder(model, cfg, table, work / "exported", rank0, processor=False)
+        if rank0:
+            result["greedy_transformers"] = transformers_greedy(work / "exported", prompts, max_new_tokens=8)
+    if rank0:
+        engine.shutdown()
+        print("RESULT " + json.dumps(result), flush=True)
+    dist.barrier()
+    return 0
+
+
+def transformers_greedy(hf_dir, prompts, max_new_tokens: int) -> list[list[int]]:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    out = []
+    for _req, pv, grid, expanded in prompts:
+        ids = torch.tensor([expanded])
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, image_grid_thw=grid,
+                             mm_token_type_ids=(ids == model.config.image_token_id).int(), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=[151645, 151643], pad_token_id=151643)
+        out.append(gen[0, ids.shape[1]:].tolist())
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
