@@ -4,6 +4,7 @@
     vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
     vopd data synth|prepare   synthetic fine-grained data; raw Vision-OPD-6K -> parquet (commands/data.py)
     vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (commands/convert.py)
+    vopd serve --ckpt DIR     serve an exported checkpoint with vLLM's OpenAI server (commands/serve.py)
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
     from megatron_vopd.commands.convert import register as register_convert
     from megatron_vopd.commands.data import register as register_data
+    from megatron_vopd.commands.serve import register as register_serve
 
     register_data(sub)
     register_convert(sub)
+    register_serve(sub)
     return parser
 
 

@@ -1,0 +1,57 @@
+"""``vopd serve --ckpt DIR``: serve an exported Hugging Face checkpoint through vLLM's OpenAI-compatible server.
+
+The process becomes vLLM's API server (exec), so signals reach it directly: SIGTERM stops it
+cleanly. A Megatron checkpoint is refused with the command that exports it.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve an exported HF checkpoint with vLLM's OpenAI-compatible server")
+    p.add_argument("--ckpt", required=True, help="Hugging Face folder (e.g. written by `vopd convert megatron-to-hf`)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="auto", help="weight/compute dtype (auto: the checkpoint's)")
+    p.add_argument("--max-model-len", type=int, default=8192)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--served-model-name", help="model name clients send (default: the folder name)")
+    p.add_argument("--kv-cache-gib", type=int, default=4, help="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
+    p.set_defaults(func=run)
+
+
+def server_command(args) -> list[str]:
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(Path(args.ckpt).resolve()),
+           "--host", args.host, "--port", str(args.port), "--dtype", args.dtype,
+           "--max-model-len", str(args.max_model_len), "--tensor-parallel-size", str(args.tensor_parallel_size),
+           "--served-model-name", args.served_model_name or Path(args.ckpt).resolve().name,
+           "--limit-mm-per-prompt", '{"image": 1}']
+    if not _cuda():
+        cmd.append("--enforce-eager")
+    return cmd
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def run(args) -> int:
+    ckpt = Path(args.ckpt)
+    if (ckpt / "vopd_model.yaml").is_file():
+        print(f"error: {ckpt} is a Megatron checkpoint; export it first: "
+              f"vopd convert megatron-to-hf --ckpt {ckpt} --out {ckpt}-hf", file=sys.stderr)
+        return 2
+    if not (ckpt / "config.json").is_file():
+        print(f"error: {ckpt} has no config.json: not a Hugging Face checkpoint folder", file=sys.stderr)
+        return 2
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    cmd = server_command(args)
+    print(f"[serve] {ckpt} on http://{args.host}:{args.port}/v1 (vLLM OpenAI-compatible server)", flush=True)
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
