@@ -8,9 +8,8 @@ Prints, for each direction:
 * conversion time / the time to just read and write the same bytes (Python file reads of every
   safetensors/distcp byte into memory and writes of them to a new file, same disk, same run).
 
-The model: Qwen2.5-0.5B's decoder shape (hidden 896, 24 layers, 14 heads, 2 kv heads, ffn 4864,
-vocab 151936, tied) with a 2-block vision tower; weights are random bf16 written straight to
-safetensors (no transformers model is built). ``--quick`` shrinks it for a smoke test.
+The model: configs/model/bench-0.5b-qwen2.5-vl.yaml (Qwen2.5-0.5B's decoder shape with a 2-block
+vision tower); weights are random bf16 written straight to safetensors (no transformers model is built). ``--quick`` shrinks it for a smoke test.
 """
 
 from __future__ import annotations
@@ -47,17 +46,9 @@ print("RESULT " + json.dumps({"seconds": seconds, "base_rss": base, "peak_rss": 
 
 
 def model_config(quick: bool):
-    from megatron_vopd.config import VisionConfig, load_model_config
+    from megatron_vopd.config import load_model_config
 
-    cfg = load_model_config("tiny-qwen2.5-vl")
-    if quick:
-        return cfg
-    cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size = 24, 896, 4864
-    cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels = 14, 2, 64
-    cfg.mrope_section, cfg.tie_word_embeddings, cfg.params_dtype = [8, 12, 12], True, "bfloat16"
-    cfg.vision = VisionConfig(depth=2, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=896,
-                              fullatt_block_indexes=[1])
-    return cfg
+    return load_model_config("tiny-qwen2.5-vl" if quick else "bench-0.5b-qwen2.5-vl")
 
 
 def write_random_hf(cfg, out: Path) -> int:

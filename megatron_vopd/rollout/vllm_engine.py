@@ -160,7 +160,8 @@ class VLLMEngine(RolloutEngine):
                 nbytes = t.numel() * t.element_size()
                 layout.append((name, t.dtype, tuple(t.shape), total, nbytes))
                 total += nbytes
-            buf = torch.empty(total, dtype=torch.uint8).share_memory_()
+            # allocated in shared memory directly (share_memory_() would allocate, then copy)
+            buf = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage._new_shared(total))
             for (_, t), (_, _, _, offset, nbytes) in zip(bucket, layout):
                 buf[offset:offset + nbytes].copy_(t.detach().contiguous().view(-1).view(torch.uint8))
             self._conn.send(("bucket", layout, buf))
