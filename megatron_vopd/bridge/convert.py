@@ -16,9 +16,9 @@ import torch
 import torch.distributed as dist
 
 from megatron_vopd.bridge.distribution import load_sharded, local_parameters
-from megatron_vopd.bridge.export import export_hf
-from megatron_vopd.bridge.hf_config import hf_config, read_hf_config
-from megatron_vopd.bridge.hf_io import HFCheckpoint, ShardedSafetensorsWriter
+from megatron_vopd.bridge.export import save_hf_weights
+from megatron_vopd.bridge.hf_config import read_hf_config
+from megatron_vopd.bridge.hf_io import HFCheckpoint
 from megatron_vopd.bridge.megatron_ckpt import load_model, prepare_output_dir, read_model_config, save_model
 from megatron_vopd.bridge.registry import MappingTable
 from megatron_vopd.config import ConfigError, ParallelConfig, validate, VopdConfig
@@ -140,19 +140,14 @@ def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite:
     tmp = out_path.with_name(out_path.name + ".tmp")
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
-    writer = ShardedSafetensorsWriter(tmp, shard_bytes) if rank0 else None
-    for hf_name, tensor in export_hf(model, table, cfg):
-        if rank0:
-            writer.add(hf_name, tensor)
+    nbytes = save_hf_weights(model, table, cfg, tmp, shard_bytes=shard_bytes)
     if rank0:
-        writer.close()
-        hf_config(cfg).save_pretrained(tmp)
         for asset in (Path(ckpt_dir) / ASSETS_DIR).glob("*"):
             shutil.copy2(asset, tmp / asset.name)
         if out_path.exists():
             shutil.rmtree(out_path)
         tmp.rename(out_path)
     dist.barrier()
-    _log(f"wrote {out} ({writer.total_bytes / 1e6:.1f} MB)" if rank0 else "")
+    _log(f"wrote {out} ({nbytes / 1e6:.1f} MB)")
     _log(f"done in {time.time() - t0:.1f}s")
     return out_path

@@ -9,10 +9,14 @@ Conversion to a HF folder and the rollout weight sync both consume exactly this 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from megatron_vopd.bridge.distribution import iter_full_parameters
+from megatron_vopd.bridge.hf_config import hf_config
+from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
 from megatron_vopd.bridge.registry import MappingTable
 
 
@@ -24,3 +28,18 @@ def export_hf(model, table: MappingTable, cfg, dtype: torch.dtype | None = None)
             continue
         for hf_name, tensor in mapping.to_hf(full, cfg).items():
             yield hf_name, tensor if dtype is None else tensor.to(dtype)
+
+
+def save_hf_weights(model, table: MappingTable, cfg, out: str | Path, *, shard_bytes: int = 2 * 1024**3) -> int:
+    """Collective: write the model's weights (safetensors shards + index) and config.json into
+    ``out`` on global rank 0, one tensor in memory at a time. Returns the bytes written (0 elsewhere)."""
+    rank0 = dist.get_rank() == 0
+    writer = ShardedSafetensorsWriter(out, shard_bytes) if rank0 else None
+    for name, tensor in export_hf(model, table, cfg):
+        if rank0:
+            writer.add(name, tensor)
+    if not rank0:
+        return 0
+    writer.close()
+    hf_config(cfg).save_pretrained(out)
+    return writer.total_bytes

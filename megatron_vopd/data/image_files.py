@@ -8,6 +8,7 @@ file is reason ``missing_image``; a truncated or corrupt one ``bad_image``.
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
@@ -26,33 +27,31 @@ def resolve(path: str | Path, root: str | Path | None) -> Path:
     return path if path.is_absolute() or root is None else Path(root) / path
 
 
-def open_rgb(path: str | Path, *, key: str | None = None) -> Image.Image:
-    """The image at ``path``, fully decoded, in RGB mode."""
-    path = Path(path)
+@contextmanager
+def _opened(path: Path, key: str | None):
+    """The PIL image at ``path``; a missing or undecodable file raises DataError naming it."""
     if not path.is_file():
         raise DataError(f"image file not found: {path}", key=key, reason="missing_image")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as image:
-                image.load()
-                return to_rgb(image) if image.mode != "RGB" else image.copy()
+                yield image
     except _DECODE_ERRORS as e:
         raise DataError(f"cannot decode image {path}: {e}", key=key, reason="bad_image") from None
+
+
+def open_rgb(path: str | Path, *, key: str | None = None) -> Image.Image:
+    """The image at ``path``, fully decoded, in RGB mode."""
+    with _opened(Path(path), key) as image:
+        image.load()
+        return to_rgb(image) if image.mode != "RGB" else image.copy()
 
 
 def probe(path: str | Path, *, decode: bool = True, key: str | None = None) -> tuple[int, int, str]:
     """(width, height, mode) of the image at ``path``; ``decode=True`` also decodes all pixels
     (finds truncated files), ``decode=False`` reads the header only (fast, finds missing/non-images)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"image file not found: {path}", key=key, reason="missing_image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                if decode:
-                    image.load()
-                return image.size[0], image.size[1], image.mode
-    except _DECODE_ERRORS as e:
-        raise DataError(f"cannot decode image {path}: {e}", key=key, reason="bad_image") from None
+    with _opened(Path(path), key) as image:
+        if decode:
+            image.load()
+        return image.size[0], image.size[1], image.mode

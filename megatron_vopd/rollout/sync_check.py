@@ -75,20 +75,12 @@ def megatron_logprobs(model, cfg, prompt_ids, response, pixel_values, grid) -> l
 
 def export_folder(model, cfg, table, out: Path, rank0: bool, processor: bool = True) -> None:
     """Collective: write the model as a HF folder (weights, config, processor files) on rank 0."""
-    from megatron_vopd.bridge.export import export_hf
-    from megatron_vopd.bridge.hf_config import hf_config
-    from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
+    from megatron_vopd.bridge.export import save_hf_weights
     from megatron_vopd.data.hf_processor import save_processor
 
-    writer = ShardedSafetensorsWriter(out) if rank0 else None
-    for name, tensor in export_hf(model, table, cfg):
-        if rank0:
-            writer.add(name, tensor)
-    if rank0:
-        writer.close()
-        hf_config(cfg).save_pretrained(out)
-        if processor:
-            save_processor(out)
+    save_hf_weights(model, table, cfg, out)
+    if rank0 and processor:
+        save_processor(out)
 
 
 @torch.no_grad()
