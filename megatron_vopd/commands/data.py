@@ -63,7 +63,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output parquet file")
     p.add_argument("--jsonl", default="train.jsonl", help="jsonl file inside --src (default: train.jsonl)")
     p.add_argument("--strict", action="store_true", help="stop at the first bad row (default: reject it and go on)")
-    p.add_argument("--rejects", default=None, help="rejects file (default: <out>.rejects.jsonl)")
+    p.add_argument("--rejects", default=None, help="rejects file (default: next to --out, named <stem>.rejects.jsonl)")
     p.add_argument("--source", default="vision-opd-6k", help="source name for rows without data_source")
     p.add_argument("--check-images", choices=("decode", "header"), default="decode",
                    help="decode every image (finds truncated files; default) or read headers only (fast)")
