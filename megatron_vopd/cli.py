@@ -5,6 +5,7 @@
     vopd data synth|prepare   synthetic fine-grained data; raw Vision-OPD-6K -> parquet (commands/data.py)
     vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (commands/convert.py)
     vopd serve --ckpt DIR     serve an exported checkpoint with vLLM's OpenAI server (commands/serve.py)
+    vopd plan --recipe NAME --nodes N   per-GPU memory of a scale-out recipe and the layouts that fit
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
     from megatron_vopd.commands.convert import register as register_convert
     from megatron_vopd.commands.data import register as register_data
+    from megatron_vopd.commands.plan import register as register_plan
     from megatron_vopd.commands.serve import register as register_serve
 
     register_data(sub)
     register_convert(sub)
     register_serve(sub)
+    register_plan(sub)
     return parser
 
 

@@ -1,0 +1,72 @@
+"""``vopd plan --recipe NAME --nodes N``: per-GPU memory of a recipe's layout and of every layout that could run it.
+
+Pure arithmetic (megatron_vopd/plan.py): no GPU, no torch. A recipe name resolves to
+``configs/scaleout/NAME.yaml``; anything else is a path.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from megatron_vopd.config import CONFIGS_DIR, ConfigError, load_config
+
+SCALEOUT_DIR = CONFIGS_DIR / "scaleout"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("plan", help="per-GPU memory (weights, grads, optimizer, activations, teacher, vLLM KV cache) "
+                                    "of a recipe and the (TP, PP) layouts that fit")
+    p.add_argument("--recipe", required=True,
+                   help="scale-out recipe name (configs/scaleout/NAME.yaml, e.g. qwen2.5-vl-7b) or a YAML path")
+    p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    p.add_argument("--gpu-gib", type=float, default=80, help="memory per GPU in GiB (default 80)")
+    p.add_argument("--distributed-optimizer", action="store_true",
+                   help="shard the AdamW state over data parallel ranks (Megatron's distributed optimizer)")
+    p.set_defaults(func=run)
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """configs/scaleout/NAME.yaml for a bare name that exists there, else the path itself."""
+    named = SCALEOUT_DIR / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")) and named.is_file():
+        return named
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in SCALEOUT_DIR.glob("*.yaml"))
+    raise ConfigError(f"recipe {name_or_path!r} not found: neither {named} nor a file; known recipes: {known}")
+
+
+def run(args) -> int:
+    from megatron_vopd.plan import candidate_layouts, format_plan, format_table, memory_plan
+
+    try:
+        if args.nodes < 1 or args.gpus_per_node < 1 or args.gpu_gib <= 0:
+            raise ConfigError(f"--nodes={args.nodes}, --gpus-per-node={args.gpus_per_node} and "
+                              f"--gpu-gib={args.gpu_gib} must be positive")
+        path = resolve_recipe(args.recipe)
+        cfg = load_config(path)
+        world = args.nodes * args.gpus_per_node
+        tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
+        own = None
+        if world % (tp * pp) == 0:
+            own = memory_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tp=tp, pp=pp,
+                              gpu_gib=args.gpu_gib, distributed_optimizer=args.distributed_optimizer)
+        layouts = candidate_layouts(cfg, args.nodes, args.gpus_per_node, gpu_gib=args.gpu_gib,
+                                    distributed_optimizer=args.distributed_optimizer)
+    except ConfigError as e:
+        print(f"error: vopd plan --recipe {args.recipe}: {e}", file=sys.stderr)
+        return 2
+    print(f"recipe {args.recipe} ({path}), model {cfg.model.num_layers} layers x {cfg.model.hidden_size}")
+    if own is not None:
+        print(format_plan(own, name="recipe layout"))
+    else:
+        print(f"recipe layout TP={tp} x PP={pp} does not divide {world} GPUs ({args.nodes} x {args.gpus_per_node})")
+    fitting = sum(p["fits"] for p in layouts)
+    print(f"\ncandidate layouts on {args.nodes} x {args.gpus_per_node} GPUs ({fitting} of {len(layouts)} fit; "
+          f"GiB per GPU, worst pipeline stage; optimizer "
+          f"{'distributed over DP' if args.distributed_optimizer else 'not distributed'}):")
+    print(format_table(layouts))
+    return 0

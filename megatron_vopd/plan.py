@@ -1,0 +1,281 @@
+"""Per-GPU memory plan of a Vision-OPD run: pure arithmetic on the config, no torch.
+
+``vopd plan`` prints it. Everything is bytes per GPU on the WORST pipeline stage of one layout
+(tensor parallel TP x pipeline parallel PP; data parallel DP = world // (TP * PP)).
+
+Parameters (:func:`parameter_counts`) are exact for the Qwen2.5-VL architecture (checked against
+transformers' model in tests/test_plan.py).
+
+Training state, per parameter held by a rank (``n`` = parameters on that rank):
+
+- weights: bf16, ``2 n``
+- gradients: fp32 main grads of Megatron DDP, ``4 n``
+- optimizer: AdamW fp32 master + exp_avg + exp_avg_sq, ``12 n``; with the distributed optimizer
+  (``distributed_optimizer=True``, ``--distributed-optimizer``) ``ceil(12 n / DP)``
+- teacher: the EMA (or frozen) teacher copy, bf16 with the same sharding, ``2 n``; 0 for
+  ``distill.teacher=current`` (the student's own weights under no_grad)
+
+Which parameters a rank holds: each decoder layer is split over TP (``ceil(layer / TP)``, norms
+counted as split too: they are < 0.01% of a layer), PP stages get ``num_layers / PP`` layers each.
+The first stage also holds the word embedding (``ceil(vocab * hidden / TP)``) and the whole vision
+tower (replicated, not TP-split); the last stage holds the final norm and the output layer
+(``ceil(vocab * hidden / TP)``; with tied embeddings and PP > 1 Megatron keeps a copy there, with
+PP = 1 it is the embedding itself). Both end stages are evaluated and the larger is reported.
+
+Activations (decoder only; the vision tower's activations are small next to them and left out),
+``s`` = ``optimizer.micro_batch_tokens`` (dynamic batching packs one micro-batch of s tokens,
+b = 1), ``h`` hidden, ``a`` heads, ``L`` layers of the stage, no sequence parallelism:
+
+- one layer's full activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in
+  Large Transformer Models", eq. 2): ``s*b*h*(34 + 5*a*s/h) / TP`` bytes. The ``5*a*s/h`` term is
+  the attention score/softmax/dropout matrices; fused/flash attention (Transformer Engine) never
+  stores them, so with ``flash_attention=True`` (the default, how Megatron runs here) it is
+  ``34*s*b*h / TP``.
+- with full recompute (``model.recompute``): each layer keeps only its input, ``2*s*b*h`` bytes
+  (bf16, not TP-split without sequence parallelism; ``/TP`` with it), plus ONE layer's full
+  activations while it is recomputed: ``L * 2sbh + one_layer``.
+- without recompute: ``L * one_layer``.
+- pipeline 1F1B: the first stage holds up to PP micro-batches in flight, so its stored
+  activations (the checkpoints, or all layers without recompute) are multiplied by PP; the last
+  stage holds one.
+- logits on the last stage: ``s * vocab / TP * 4`` bytes (fp32 logits for the loss).
+
+Rollout (vLLM, colocated): it may take ``rollout.gpu_memory_utilization * gpu_gib``. Its weights
+are ``2 * total_params / rollout.tensor_parallel_size``; the rest is KV cache, holding
+``kv_budget // kv_bytes_per_token`` tokens with ``kv_bytes_per_token = 2 (K and V) * layers *
+kv_heads * head_dim * 2 (bf16) / rollout TP``. Training must fit in the remaining
+``(1 - gpu_memory_utilization) * gpu_gib``; the rollout must hold at least one full sequence
+(``rollout.max_model_len`` tokens). ``fits`` is both.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from megatron_vopd.config import ConfigError, ModelConfig, VopdConfig
+
+GIB = 1024**3
+
+BYTES_WEIGHT = 2  # bf16
+BYTES_GRAD = 4  # fp32 main grads (Megatron DDP)
+BYTES_OPTIMIZER = 12  # fp32 master + exp_avg + exp_avg_sq
+BYTES_TEACHER = 2  # bf16 EMA / frozen teacher copy
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def parameter_counts(model: ModelConfig) -> dict[str, int]:
+    """Exact parameter counts of Qwen2.5-VL, by part.
+
+    Keys: embedding, decoder_layer (one layer), decoder_layers (all), final_norm, lm_head (0 when
+    tied), language_model (embedding + layers + final norm + lm_head), vision_patch_embed,
+    vision_block (one block), vision_blocks, vision_merger, vision (tower + merger), total."""
+    h, ffn, heads, kv, hd = (model.hidden_size, model.ffn_hidden_size, model.num_attention_heads,
+                             model.num_query_groups, model.head_dim)
+    qkv_out = (heads + 2 * kv) * hd
+    layer = (h * qkv_out + qkv_out  # q/k/v weights + biases
+             + heads * hd * h  # o_proj, no bias
+             + 2 * h * ffn + ffn * h  # gate, up, down, no bias
+             + 2 * h)  # input and post-attention RMSNorm
+    embedding = model.vocab_size * h
+    lm_head = 0 if model.tie_word_embeddings else model.vocab_size * h
+    final_norm = h
+    decoder_layers = model.num_layers * layer
+
+    v = model.vision
+    vh, vi, m2 = v.hidden_size, v.intermediate_size, v.spatial_merge_size**2
+    patch_embed = v.in_channels * v.temporal_patch_size * v.patch_size**2 * vh  # Conv3d, no bias
+    block = (2 * vh  # norm1, norm2 (RMSNorm weight)
+             + 3 * vh * vh + 3 * vh  # qkv
+             + vh * vh + vh  # proj
+             + 2 * vh * vi + 2 * vi + vi * vh + vh)  # gate/up/down with biases
+    merger = (vh  # ln_q
+              + (vh * m2) * (vh * m2) + vh * m2  # mlp.0
+              + (vh * m2) * v.out_hidden_size + v.out_hidden_size)  # mlp.2
+    vision = patch_embed + v.depth * block + merger
+    language_model = embedding + decoder_layers + final_norm + lm_head
+    return {
+        "embedding": embedding, "decoder_layer": layer, "decoder_layers": decoder_layers,
+        "final_norm": final_norm, "lm_head": lm_head, "language_model": language_model,
+        "vision_patch_embed": patch_embed, "vision_block": block, "vision_blocks": v.depth * block,
+        "vision_merger": merger, "vision": vision, "total": language_model + vision,
+    }
+
+
+# --------------------------------------------------------------------------- one layout
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def stage_params(model: ModelConfig, tp: int, pp: int, stage: str) -> int:
+    """Parameters one rank of the 'first', 'last' or 'only' (PP = 1) stage holds."""
+    c = parameter_counts(model)
+    n = (model.num_layers // pp) * _ceil_div(c["decoder_layer"], tp)
+    vocab_shard = _ceil_div(c["embedding"], tp)
+    if stage in ("first", "only"):
+        n += vocab_shard + c["vision"]
+    if stage in ("last", "only"):
+        n += c["final_norm"]
+        if not model.tie_word_embeddings or stage == "last":  # tied + PP>1: a copy on the last stage
+            n += vocab_shard
+    return n
+
+
+def layer_activation_bytes(model: ModelConfig, tokens: int, tp: int, flash_attention: bool = True) -> int:
+    """One decoder layer's stored activations for a micro-batch of `tokens` (b=1), per TP rank:
+    s*h*(34 + 5*a*s/h)/TP, without the 5as/h term under flash attention."""
+    s, h, a = tokens, model.hidden_size, model.num_attention_heads
+    per = 34 * s * h + (0 if flash_attention else 5 * a * s * s)
+    return _ceil_div(per, tp)
+
+
+def activation_bytes(model: ModelConfig, tokens: int, tp: int, pp: int, stage: str, *,
+                     sequence_parallel: bool = False, flash_attention: bool = True) -> int:
+    """Stored decoder activations of one rank of `stage` (see the module docstring)."""
+    layers = model.num_layers // pp
+    in_flight = pp if stage == "first" else 1
+    one_layer = layer_activation_bytes(model, tokens, tp, flash_attention)
+    if model.recompute:
+        checkpoint = 2 * tokens * model.hidden_size
+        if sequence_parallel:
+            checkpoint = _ceil_div(checkpoint, tp)
+        return in_flight * layers * checkpoint + one_layer
+    return in_flight * layers * one_layer
+
+
+def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp: int, gpu_gib: float = 80,
+                distributed_optimizer: bool = False, flash_attention: bool = True) -> dict[str, Any]:
+    """Per-GPU bytes of one (TP, PP) layout on the worst stage, plus the rollout's KV cache and `fits`."""
+    m, r = cfg.model, cfg.rollout
+    world = nodes * gpus_per_node
+    if tp < 1 or pp < 1 or world % (tp * pp):
+        raise ConfigError(f"TP * PP = {tp} * {pp} does not divide the world size {world} ({nodes} x {gpus_per_node})")
+    dp = world // (tp * pp)
+    tokens = cfg.optimizer.micro_batch_tokens
+    teacher_copy = cfg.distill.teacher != "current"
+
+    def stage_plan(stage: str) -> dict[str, Any]:
+        n = stage_params(m, tp, pp, stage)
+        opt = BYTES_OPTIMIZER * n
+        plan = {
+            "stage": stage,
+            "params": n,
+            "weights": BYTES_WEIGHT * n,
+            "gradients": BYTES_GRAD * n,
+            "optimizer": _ceil_div(opt, dp) if distributed_optimizer else opt,
+            "teacher": BYTES_TEACHER * n if teacher_copy else 0,
+            "activations": activation_bytes(m, tokens, tp, pp, stage, sequence_parallel=cfg.parallel.sequence_parallel,
+                                            flash_attention=flash_attention),
+            "logits": tokens * _ceil_div(m.vocab_size, tp) * 4 if stage in ("last", "only") else 0,
+        }
+        plan["training_total"] = sum(plan[k] for k in ("weights", "gradients", "optimizer", "teacher",
+                                                       "activations", "logits"))
+        return plan
+
+    stages = ["only"] if pp == 1 else ["first", "last"]
+    worst = max((stage_plan(s) for s in stages), key=lambda p: p["training_total"])
+
+    gpu_bytes = int(gpu_gib * GIB)
+    rollout_bytes = int(r.gpu_memory_utilization * gpu_bytes)
+    training_budget = gpu_bytes - rollout_bytes
+    total = parameter_counts(m)["total"]
+    rollout_weights = _ceil_div(BYTES_WEIGHT * total, r.tensor_parallel_size)
+    kv_budget = rollout_bytes - rollout_weights
+    kv_per_token = _ceil_div(2 * m.num_layers * m.num_query_groups * m.head_dim * 2, r.tensor_parallel_size)
+    kv_tokens = max(kv_budget, 0) // kv_per_token
+    training_fits = worst["training_total"] <= training_budget
+    rollout_fits = kv_tokens >= r.max_model_len
+    return {
+        "nodes": nodes, "gpus_per_node": gpus_per_node, "world_size": world, "tp": tp, "pp": pp, "dp": dp,
+        "gpu_bytes": gpu_bytes, "micro_batch_tokens": tokens, "distributed_optimizer": distributed_optimizer,
+        "flash_attention": flash_attention, "recompute": m.recompute,
+        **worst,
+        "training_budget": training_budget,
+        "rollout_budget": rollout_bytes,
+        "rollout_tp": r.tensor_parallel_size,
+        "rollout_weights": rollout_weights,
+        "kv_cache": max(kv_budget, 0),
+        "kv_bytes_per_token": kv_per_token,
+        "kv_tokens": kv_tokens,
+        "total": worst["training_total"] + rollout_bytes,
+        "training_fits": training_fits,
+        "rollout_fits": rollout_fits,
+        "fits": training_fits and rollout_fits,
+    }
+
+
+# --------------------------------------------------------------------------- all layouts
+
+
+def candidate_layouts(cfg: VopdConfig, nodes: int, gpus_per_node: int, *, gpu_gib: float = 80,
+                      distributed_optimizer: bool = False) -> list[dict[str, Any]]:
+    """Every (TP, PP) with TP dividing the heads and KV groups, TP <= gpus_per_node, PP dividing the
+    layers and TP * PP dividing the world size, each with its plan; fitting layouts first, then by
+    training memory."""
+    m = cfg.model
+    world = nodes * gpus_per_node
+    plans = []
+    for tp in range(1, gpus_per_node + 1):
+        if m.num_attention_heads % tp or m.num_query_groups % tp:
+            continue
+        for pp in range(1, m.num_layers + 1):
+            if m.num_layers % pp or world % (tp * pp):
+                continue
+            plans.append(memory_plan(cfg, nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, gpu_gib=gpu_gib,
+                                     distributed_optimizer=distributed_optimizer))
+    plans.sort(key=lambda p: (not p["fits"], p["training_total"], p["tp"] * p["pp"]))
+    return plans
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def format_plan(plan: dict[str, Any], name: str = "") -> str:
+    """One layout's components, one per line, in GiB."""
+    head = (f"{name + ': ' if name else ''}{plan['nodes']} node(s) x {plan['gpus_per_node']} GPUs "
+            f"({plan['gpu_bytes'] / GIB:.0f} GiB each), TP={plan['tp']} PP={plan['pp']} DP={plan['dp']}, "
+            f"worst stage: {plan['stage']}, micro-batch {plan['micro_batch_tokens']} tokens, "
+            f"recompute={'on' if plan['recompute'] else 'off'}, "
+            f"optimizer {'distributed over DP' if plan['distributed_optimizer'] else 'not distributed'}")
+    rows = [
+        ("parameters on this GPU", f"{plan['params'] / 1e9:.3f} B"),
+        ("weights (bf16)", _gib(plan["weights"]) + " GiB"),
+        ("gradients (fp32 main grads)", _gib(plan["gradients"]) + " GiB"),
+        ("optimizer (AdamW fp32 x3)", _gib(plan["optimizer"]) + " GiB"),
+        ("teacher / EMA copy (bf16)", _gib(plan["teacher"]) + " GiB"),
+        ("activations", _gib(plan["activations"]) + " GiB"),
+        ("logits (fp32)", _gib(plan["logits"]) + " GiB"),
+        ("training total", _gib(plan["training_total"]) + " GiB"),
+        ("training budget", _gib(plan["training_budget"]) + " GiB"),
+        (f"vLLM weights (rollout TP={plan['rollout_tp']})", _gib(plan["rollout_weights"]) + " GiB"),
+        ("vLLM KV cache", f"{_gib(plan['kv_cache'])} GiB ({plan['kv_tokens']:,} tokens)"),
+        ("vLLM budget", _gib(plan["rollout_budget"]) + " GiB"),
+        ("fits", "yes" if plan["fits"] else
+         "NO (" + ", ".join(w for w, ok in (("training", plan["training_fits"]), ("rollout", plan["rollout_fits"]))
+                            if not ok) + ")"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [head] + [f"  {k:<{width}}  {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def format_table(plans: list[dict[str, Any]]) -> str:
+    """The candidate layouts, one per row, GiB per GPU (worst stage)."""
+    cols = [("TP", 3), ("PP", 3), ("DP", 4), ("stage", 6), ("weights", 8), ("grads", 8), ("optim", 8),
+            ("teacher", 8), ("activ", 8), ("logits", 8), ("train", 8), ("budget", 8), ("KV GiB", 8),
+            ("KV tokens", 11), ("fits", 4)]
+    lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
+    for p in plans:
+        vals = [p["tp"], p["pp"], p["dp"], p["stage"], _gib(p["weights"]), _gib(p["gradients"]), _gib(p["optimizer"]),
+                _gib(p["teacher"]), _gib(p["activations"]), _gib(p["logits"]), _gib(p["training_total"]),
+                _gib(p["training_budget"]), _gib(p["kv_cache"]), f"{p['kv_tokens']:,}", "yes" if p["fits"] else "no"]
+        lines.append("  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols)))
+    return "\n".join(lines)

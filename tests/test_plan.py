@@ -1,0 +1,167 @@
+"""`vopd plan`: exact parameter counts (against transformers on the meta device) and per-GPU memory
+of the scale-out recipes checked against arithmetic written out by hand."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from megatron_vopd.config import CONFIGS_DIR, load_config, load_model_config
+from megatron_vopd.plan import candidate_layouts, memory_plan, parameter_counts
+
+SCALEOUT = CONFIGS_DIR / "scaleout"
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "qwen2.5-vl-3b", "qwen2.5-vl-7b"])
+def test_parameter_counts_match_transformers(name):
+    torch = pytest.importorskip("torch")
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from megatron_vopd.bridge.hf_config import hf_config
+
+    model_cfg = load_model_config(name)
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(hf_config(model_cfg))
+    parts = {"vision": 0, "embedding": 0, "decoder_layers": 0, "final_norm": 0, "lm_head": 0}
+    for n, p in model.named_parameters():  # tied weights appear once
+        if ".visual." in n or n.startswith("visual."):
+            parts["vision"] += p.numel()
+        elif "embed_tokens" in n:
+            parts["embedding"] += p.numel()
+        elif ".layers." in n:
+            parts["decoder_layers"] += p.numel()
+        elif n.endswith("norm.weight"):
+            parts["final_norm"] += p.numel()
+        elif n.startswith("lm_head"):
+            parts["lm_head"] += p.numel()
+        else:
+            raise AssertionError(f"unclassified parameter {n}")
+    ours = parameter_counts(model_cfg)
+    for key, value in parts.items():
+        assert ours[key] == value, (name, key)
+    assert ours["total"] == sum(p.numel() for p in model.parameters())
+    one_layer = sum(p.numel() for n, p in model.named_parameters() if ".layers.0." in n)
+    assert ours["decoder_layer"] == one_layer
+
+
+GIB = 1024**3
+
+
+def _vision(out_hidden):  # Qwen2.5-VL vision tower of the 3B/7B: 32 blocks, 1280 wide, MLP 3420
+    patch_embed = 3 * 2 * 14 * 14 * 1280
+    block = 2 * 1280 + (3 * 1280 * 1280 + 3 * 1280) + (1280 * 1280 + 1280) + (2 * 1280 * 3420 + 2 * 3420 + 3420 * 1280 + 1280)
+    merger = 1280 + (5120 * 5120 + 5120) + (5120 * out_hidden + out_hidden)
+    return patch_embed + 32 * block + merger
+
+
+def test_3b_recipe_by_hand():
+    """qwen2.5-vl-3b on 1 node: TP=2, PP=2, DP=2; the first stage (embedding + vision) is the worst."""
+    cfg = load_config(SCALEOUT / "qwen2.5-vl-3b.yaml")
+    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (2, 2)
+    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2)
+    # hidden 2048, ffn 11008, 16 heads, 2 KV heads, head dim 128, vocab 151936, 36 layers, tied
+    layer = (2048 * (16 + 2 * 2) * 128 + (16 + 2 * 2) * 128) + 16 * 128 * 2048 + 3 * 2048 * 11008 + 2 * 2048
+    first_stage = 18 * math.ceil(layer / 2) + 151936 * 2048 // 2 + _vision(2048)
+    assert plan["stage"] == "first" and plan["params"] == first_stage
+    assert plan["weights"] == 2 * first_stage
+    assert plan["gradients"] == 4 * first_stage
+    assert plan["optimizer"] == 12 * first_stage
+    assert plan["teacher"] == 2 * first_stage  # EMA teacher
+    # full recompute, s = 9216 tokens: PP micro-batches in flight x 18 layer inputs (bf16) + one layer (34 s h / TP)
+    activations = 2 * 18 * (2 * 9216 * 2048) + 34 * 9216 * 2048 / 2
+    assert plan["activations"] == pytest.approx(activations, rel=0.10)
+    assert plan["fits"]
+    dist = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2, distributed_optimizer=True)
+    assert dist["optimizer"] == math.ceil(12 * first_stage / 2)
+
+
+def test_7b_recipe_by_hand():
+    """qwen2.5-vl-7b on 1 node: TP=4, PP=2, DP=1."""
+    cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml")
+    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (4, 2)
+    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=4, pp=2)
+    # hidden 3584, ffn 18944, 28 heads, 4 KV heads, head dim 128, vocab 152064, 28 layers, untied
+    layer = (3584 * (28 + 2 * 4) * 128 + (28 + 2 * 4) * 128) + 28 * 128 * 3584 + 3 * 3584 * 18944 + 2 * 3584
+    first_stage = 14 * math.ceil(layer / 4) + 152064 * 3584 // 4 + _vision(3584)
+    last_stage = 14 * math.ceil(layer / 4) + 3584 + 152064 * 3584 // 4
+    assert first_stage > last_stage
+    assert plan["stage"] == "first" and plan["params"] == first_stage
+    assert plan["weights"] == 2 * first_stage
+    assert plan["gradients"] == 4 * first_stage
+    assert plan["optimizer"] == 12 * first_stage
+    assert plan["teacher"] == 2 * first_stage
+    activations = 2 * 14 * (2 * 9216 * 3584) + 34 * 9216 * 3584 / 4
+    assert plan["activations"] == pytest.approx(activations, rel=0.10)
+    # vLLM: 0.4 * 80 GiB minus the bf16 weights over rollout TP=2; KV 2 * 28 layers * 4 heads * 128 * 2 B / 2
+    total_params = 28 * layer + 2 * 152064 * 3584 + 3584 + _vision(3584)
+    assert plan["rollout_weights"] == 2 * total_params // 2
+    kv_budget = int(0.4 * 80 * GIB) - total_params
+    assert plan["kv_cache"] == kv_budget
+    assert plan["kv_tokens"] == kv_budget // (2 * 28 * 4 * 128 * 2 // 2)
+    assert plan["training_budget"] == 80 * GIB - int(0.4 * 80 * GIB)
+    assert plan["fits"]
+    # the same model without recompute stores every layer: s h (34 + 5 a s / h) / TP per layer, x PP in flight
+    no_rc = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["model.recompute=false"])
+    p = memory_plan(no_rc, nodes=1, gpus_per_node=8, tp=4, pp=2, flash_attention=False)
+    assert p["activations"] == pytest.approx(2 * 14 * 9216 * 3584 * (34 + 5 * 28 * 9216 / 3584) / 4, rel=0.10)
+
+
+def test_teacher_current_has_no_copy():
+    cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["distill.teacher=current"])
+    assert memory_plan(cfg, nodes=1, gpus_per_node=8, tp=4, pp=2)["teacher"] == 0
+
+
+@pytest.mark.parametrize("recipe,nodes", [("qwen2.5-vl-3b", 1), ("qwen2.5-vl-7b", 1), ("qwen2.5-vl-32b", 4),
+                                          ("qwen2.5-vl-72b", 8)])
+def test_scaleout_recipes_fit(recipe, nodes):
+    cfg = load_config(SCALEOUT / f"{recipe}.yaml")
+    plan = memory_plan(cfg, nodes=nodes, gpus_per_node=8, tp=cfg.parallel.tensor_model_parallel_size,
+                       pp=cfg.parallel.pipeline_model_parallel_size)
+    assert plan["fits"], plan
+
+
+def test_layouts_respect_head_divisibility():
+    cfg7 = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml")  # 28 heads, 4 KV groups
+    tps = {p["tp"] for p in candidate_layouts(cfg7, 1, 8)}
+    assert tps == {1, 2, 4}  # 8 does not divide 28 heads
+    cfg3 = load_config(SCALEOUT / "qwen2.5-vl-3b.yaml")  # 16 heads but only 2 KV groups
+    assert {p["tp"] for p in candidate_layouts(cfg3, 1, 8)} == {1, 2}
+    plans = candidate_layouts(cfg7, 1, 8)
+    assert all(cfg7.model.num_layers % p["pp"] == 0 and 8 % (p["tp"] * p["pp"]) == 0 for p in plans)
+    fits = [p["fits"] for p in plans]
+    assert fits == sorted(fits, reverse=True)  # fitting layouts first
+
+
+def _parser():
+    from megatron_vopd.commands.plan import register
+
+    parser = argparse.ArgumentParser(prog="vopd")
+    register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_prints_plan_and_table(capsys):
+    args = _parser().parse_args(["plan", "--recipe", "qwen2.5-vl-7b", "--nodes", "1"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "TP=4 PP=2 DP=1" in out and "vLLM KV cache" in out
+    assert "candidate layouts" in out and "KV tokens" in out
+    table_rows = [line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "4 "))]
+    assert len(table_rows) == len(candidate_layouts(load_config(SCALEOUT / "qwen2.5-vl-7b.yaml"), 1, 8))
+
+
+def test_cli_path_and_distributed_optimizer(capsys):
+    args = _parser().parse_args(["plan", "--recipe", str(SCALEOUT / "qwen2.5-vl-72b.yaml"), "--nodes", "4",
+                                 "--distributed-optimizer"])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "does not divide 32 GPUs" in out  # the recipe's own TP=8 x PP=8 needs 8 nodes
+    assert "distributed over DP" in out
+
+
+def test_cli_unknown_recipe(capsys):
+    args = _parser().parse_args(["plan", "--recipe", "no-such-recipe", "--nodes", "1"])
+    assert args.func(args) == 2
+    assert "no-such-recipe" in capsys.readouterr().err
