@@ -50,7 +50,6 @@ kv_heads * head_dim * 2 (bf16) / rollout TP``. Training must fit in the remainin
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from megatron_vopd.config import ConfigError, ModelConfig, VopdConfig

@@ -16,7 +16,6 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
 
 
 def transformers_logits(hf_dir: str, batch: dict) -> torch.Tensor:
@@ -33,14 +32,12 @@ def transformers_logits(hf_dir: str, batch: dict) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    from megatron.core import parallel_state as ps
-
     from megatron_vopd.bridge.megatron_ckpt import load_model, read_model_config
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.models.layout_check import gather_logits, make_batch
+    from megatron_vopd.models.layout_check import make_batch
     from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.runtime import init_distributed
-    from megatron_vopd.train.schedule import forward_backward
+    from megatron_vopd.train.schedule import forward_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf", required=True)
@@ -59,18 +56,7 @@ def main(argv=None) -> int:
     load_model(model, args.ckpt)
     model.eval()
     batch = make_batch(cfg)
-    captured = {}
-
-    def keep(logits, _batch):
-        captured["logits"] = gather_logits(logits).detach()
-        return logits.sum() * 0, {}
-
-    with torch.no_grad():
-        forward_backward(model, [{k: v for k, v in batch.items() if k != "labels"}], keep, forward_only=True)
-    pp_group = ps.get_pipeline_model_parallel_group()
-    payload = [captured.get("logits")]
-    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
-    ours = payload[0]
+    ours = forward_logits(model, batch)
     if info.rank != 0:
         return 0
     theirs = transformers_logits(args.hf, batch)

@@ -15,8 +15,6 @@ import json
 import sys
 
 import torch
-import torch.distributed as dist
-from megatron.core import parallel_state as ps
 
 from megatron_vopd.bridge import MappingTable
 from megatron_vopd.bridge.distribution import iter_full_parameters, load_full_state_dict
@@ -25,7 +23,7 @@ from megatron_vopd.models.mrope import mrope_position_ids
 from megatron_vopd.models.qwen25_vl import build_model
 from megatron_vopd.runtime import init_distributed
 from megatron_vopd.train.grads import grad_norm
-from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
+from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward, forward_logits, from_last_stage
 
 
 def make_batch(model_cfg, seed=0):
@@ -58,13 +56,6 @@ def make_batch(model_cfg, seed=0):
                 pixel_values=pixel_values, image_grid_thw=grids, labels=labels, loss_mask=loss_mask)
 
 
-def gather_logits(logits):
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    return gather_from_tensor_model_parallel_region(logits) if ps.get_tensor_model_parallel_world_size() > 1 else logits
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tp", type=int, default=1)
@@ -86,25 +77,12 @@ def main():
         load_full_state_dict(model, table, ref["weights"])
     batch = make_batch(model_cfg)
 
-    captured = {}
-
-    def keep_logits(logits, _batch):
-        captured["logits"] = gather_logits(logits).detach()
-        return logits.sum() * 0, {}
-
     model.eval()
-    with torch.no_grad():
-        forward_backward(model, [{k: v for k, v in batch.items() if k != "labels"}], keep_logits, forward_only=True)
+    logits = forward_logits(model, batch)
     model.train()
     metrics = forward_backward(model, [batch], cross_entropy_loss)
     norm = grad_norm(model)
-    loss = metrics[0]["loss"].item() if metrics else None
-
-    # Every rank has a part of the answer: the logits and loss live on the last stage.
-    pp_group = ps.get_pipeline_model_parallel_group()
-    payload = [captured.get("logits"), loss]
-    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
-    logits, loss = payload
+    loss = from_last_stage(metrics[0]["loss"].item() if metrics else None)  # computed on the last stage
 
     full_weights = dict(iter_full_parameters(model, table))
     if args.save:

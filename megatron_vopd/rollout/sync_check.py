@@ -48,29 +48,19 @@ def make_prompts(cfg, tokenizer, seed=0):
 
 def megatron_logprobs(model, cfg, prompt_ids, response, pixel_values, grid) -> list[float]:
     """Teacher-forced log-probs of ``response`` after ``prompt_ids`` (collective; all ranks get them)."""
-    from megatron.core import parallel_state as ps
-
-    from megatron_vopd.models.layout_check import gather_logits
     from megatron_vopd.models.mrope import mrope_position_ids
-    from megatron_vopd.train.schedule import forward_backward
+    from megatron_vopd.train.schedule import forward_logits
 
     ids = torch.tensor([prompt_ids + response])
     batch = dict(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
                  position_ids=mrope_position_ids(ids, grid, image_token_id=cfg.image_token_id))
-    got = {}
+    start = len(prompt_ids) - 1
 
-    def keep(logits, _b):
-        logp = torch.log_softmax(gather_logits(logits).float(), dim=-1)[0]
-        start = len(prompt_ids) - 1
-        got["lp"] = logp[start:start + len(response)].gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
-        return logits.sum() * 0, {}
+    def response_logprobs(logits):
+        logp = torch.log_softmax(logits.float(), dim=-1)[0, start:start + len(response)]
+        return logp.gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
 
-    with torch.no_grad():
-        forward_backward(model, [batch], keep, forward_only=True)
-    pp_group = ps.get_pipeline_model_parallel_group()
-    payload = [got.get("lp")]
-    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(pp_group)[-1], group=pp_group)
-    return payload[0]
+    return forward_logits(model, batch, response_logprobs)
 
 
 def export_folder(model, cfg, table, out: Path, rank0: bool, processor: bool = True) -> None:

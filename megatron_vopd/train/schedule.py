@@ -43,3 +43,36 @@ def cross_entropy_loss(per_token_loss: torch.Tensor, batch: dict):
     mask = batch["loss_mask"].to(per_token_loss.dtype)
     loss = (per_token_loss * mask).sum() / mask.sum()
     return loss, {"loss": loss.detach()}
+
+
+def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits from this TP rank's vocab-parallel slice (all-gather over TP)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
+
+    return gather_from_tensor_model_parallel_region(logits) if ps.get_tensor_model_parallel_world_size() > 1 else logits
+
+
+def from_last_stage(value):
+    """A picklable value computed on the last pipeline stage, returned on every stage (collective)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+
+    group = ps.get_pipeline_model_parallel_group()
+    payload = [value]
+    dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(group)[-1], group=group)
+    return payload[0]
+
+
+def forward_logits(model, batch: dict, reduce: Callable = lambda logits: logits):
+    """No-grad forward of one micro-batch (labels ignored); ``reduce`` is applied to the full-vocabulary
+    logits ``[B, S, V]`` on the last stage and its result returned on every pipeline stage."""
+    result = {}
+
+    def keep(logits, _batch):
+        result["value"] = reduce(gather_vocab(logits).detach())
+        return logits.sum() * 0, {}
+
+    with torch.no_grad():
+        forward_backward(model, [{k: v for k, v in batch.items() if k != "labels"}], keep, forward_only=True)
+    return from_last_stage(result.get("value"))
