@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
     from megatron_vopd.commands.convert import register as register_convert
     from megatron_vopd.commands.data import register as register_data
+    from megatron_vopd.commands.eval import register as register_eval
     from megatron_vopd.commands.plan import register as register_plan
     from megatron_vopd.commands.serve import register as register_serve
 
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_convert(sub)
     register_serve(sub)
     register_plan(sub)
+    register_eval(sub)
     return parser
 
 

@@ -135,6 +135,7 @@ class DataConfig:
     max_response_length: int = 1024  # response tokens trained on
     prompts_per_step: int = 96  # prompts per rollout batch = per optimiser step
     tokenizer: Literal["qwen2.5", "qwen3.5"] = "qwen2.5"  # tokenizer and chat template family
+    answer_format: Literal["letter", "sentence"] = "letter"  # reference responses of objective=crop_sft (synthetic data)
     image_root: str | None = None  # directory the image paths in train/eval files are relative to; None = the one recorded by `vopd data prepare`
 
 
@@ -168,6 +169,8 @@ class DistillConfig:
     ema_rate: float = 0.05  # EMA teacher: theta_T <- (1 - rate) theta_T + rate theta_S after each step
     crop_anchor_weight: float = 0.0  # weight of the same divergence with the student on the crop (0 = off)
     loss_chunk_tokens: int = 2048  # tokens per chunk when computing vocab-sized losses
+    teacher_logit_tokens: int = 8192  # response rows whose teacher logits are held at once (bounds memory)
+    collapse_loss: float = 1e-3  # warn when the loss is below this while answers stop depending on the image
 
 
 @dataclass
@@ -221,6 +224,8 @@ class VopdConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     seed: int = 1234  # seed of initialisation, data order and dropout
+    objective: Literal["vision_opd", "crop_sft"] = "vision_opd"  # crop_sft: labelled warm-up on crops (demo only)
+    eval_interval: int = 0  # evaluate on data.eval_file every N steps (and before the first, after the last); 0 = only before/after
 
 
 # --------------------------------------------------------------------------- loading

@@ -44,7 +44,8 @@ def _cmd_synth(args) -> int:
         print(f"error: need --n >= 1 and --size >= 32 (got --n {args.n}, --size {args.size})", file=sys.stderr)
         return 1
     path = synthesize(args.out, args.n, args.seed, size=args.size, crop_margin=args.crop_margin,
-                      min_crop_size=args.min_crop_size, num_distractors=args.distractors, log=print)
+                      min_crop_size=args.min_crop_size, num_distractors=args.distractors,
+                      answer_format=args.answer_format, log=print)
     print(f"wrote {args.n} synthetic scenes ({args.size}x{args.size}, seed {args.seed}) to {path}")
     print(f"next: vopd data prepare --src {args.out} --out {os.path.join(args.out, 'train.parquet')}")
     return 0
@@ -79,5 +80,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--crop-margin", type=float, default=0.5, help="crop context around the box, fraction of its side")
     s.add_argument("--min-crop-size", type=int, default=None, help="minimum crop side in pixels (default: size/4)")
     s.add_argument("--distractors", type=int, default=24, help="distractor objects outside the box (default 24)")
+    s.add_argument("--answer-format", choices=("letter", "sentence"), default="letter",
+                   help="letter: Vision-OPD-6K's instruction; sentence: name the colour, then the letter")
     s.set_defaults(func=_cmd_synth)
     return data

@@ -54,6 +54,9 @@ class EncodedPrompt:
     options: tuple[str, ...]
     student: EncodedView  # full image with the red box
     teacher: EncodedView  # crop around the evidence
+    prompt_ids: np.ndarray | None = None  # (L,) int64, ONE image pad: what a rollout engine takes
+    student_image: object = None  # PIL image of the student view (for the rollout engine)
+    teacher_image: object = None  # PIL image of the teacher view
 
 
 @dataclass
@@ -183,7 +186,8 @@ class PromptLoader:
                                                   min_size=self.min_crop_size)
         ids = tokenize_prompt(record.prompt, self.tokenizer, self.family, thinking=self.thinking)
         return EncodedPrompt(record.id, record.answer, record.options, self._view(ids, student_image),
-                             self._view(ids, teacher_image))
+                             self._view(ids, teacher_image), np.asarray(ids, dtype=np.int64), student_image,
+                             teacher_image)
 
     def _too_long(self, prompt: EncodedPrompt) -> bool:
         if self.max_prompt_length is None:

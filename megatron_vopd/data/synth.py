@@ -29,7 +29,11 @@ from megatron_vopd.data.views import BOX_LINE_WIDTH, crop_box, draw_red_box
 
 SOURCE = "vopd-synth"
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."  # as Vision-OPD-6K
-INSTRUCTION = "Answer with the option's letter from the given choices."
+INSTRUCTION = "Answer with the option's letter from the given choices."  # answer_format="letter" (as Vision-OPD-6K)
+# answer_format="sentence": a short sentence naming the colour, then the letter, so that a response is
+# several tokens and on-policy sampling matters (VISION_OPD.md, miniature findings).
+SENTENCE_INSTRUCTION = "Name the color, then give the option's letter, as in: The color is X. The answer is Y."
+ANSWER_FORMATS = ("letter", "sentence")
 
 # object colours (no red: the evidence box is red)
 PALETTE = {
@@ -73,10 +77,18 @@ def make_question(target: Shape, option_colours: tuple[str, ...], answer_index: 
               options=tuple(option_colours), answer_index=answer_index)
 
 
-def format_problem(qa: QA) -> str:
+def format_problem(qa: QA, answer_format: str = "letter") -> str:
     """The Vision-OPD-6K problem text: image, question, hint, lettered options, instruction."""
     options = "\n".join(f"{'ABCD'[i]}. {text}" for i, text in enumerate(qa.options))
-    return f"<image>\n{qa.question}\n\n{HINT}\n\n{options}\n\n{INSTRUCTION}"
+    instruction = {"letter": INSTRUCTION, "sentence": SENTENCE_INSTRUCTION}[answer_format]
+    return f"<image>\n{qa.question}\n\n{HINT}\n\n{options}\n\n{instruction}"
+
+
+def reference_response(options, answer: str, answer_format: str = "letter") -> str:
+    """The correct response in ``answer_format`` (used only by the labelled warm-up of the demo)."""
+    if answer_format == "letter":
+        return answer
+    return f"The color is {options['ABCD'.index(answer)]}. The answer is {answer}."
 
 
 def _draw(draw: ImageDraw.ImageDraw, s: Shape) -> None:
@@ -154,17 +166,23 @@ def make_scene(seed: int, index: int, size: int = 448, num_distractors: int = 24
 
 
 def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, size: int = 448, crop_margin: float = 0.5,
-               min_crop_size: int | None = None, num_distractors: int = 24, log=None) -> Path:
-    """Write ``n`` scenes to ``out_dir`` in the raw layout; returns the jsonl path.
+               min_crop_size: int | None = None, num_distractors: int = 24, answer_format: str = "letter",
+               jsonl_name: str = "train.jsonl", start: int = 0, log=None) -> Path:
+    """Write scenes ``start .. start + n - 1`` to ``out_dir`` in the raw layout; returns the jsonl path.
+
+    ``answer_format``: "letter" (Vision-OPD-6K's instruction) or "sentence" (see SENTENCE_INSTRUCTION).
+    ``start`` with another ``jsonl_name`` writes a disjoint split (e.g. held-out questions) beside it.
 
     Crops use ``views.crop_box`` with ``crop_margin`` and ``min_crop_size`` (default ``size // 4``)."""
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format={answer_format!r}: expected one of {ANSWER_FORMATS}")
     out = Path(out_dir)
     for sub in ("images", "teacher_images", "original_images"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     min_crop_size = size // 4 if min_crop_size is None else min_crop_size
-    jsonl = out / "train.jsonl"
+    jsonl = out / jsonl_name
     with open(jsonl, "w", encoding="utf-8") as f:
-        for i in range(n):
+        for i in range(start, start + n):
             scene = make_scene(seed, i, size, num_distractors)
             name = f"synth_{i:06d}.png"
             boxed = draw_red_box(scene.original, scene.bbox)
@@ -174,10 +192,10 @@ def synthesize(out_dir: str | Path, n: int, seed: int = 0, *, size: int = 448, c
             row = {
                 "images": [f"images/{name}"], "teacher_images": [f"teacher_images/{name}"],
                 "original_images": [f"original_images/{name}"], "bbox": list(scene.bbox),
-                "problem": format_problem(scene.qa), "answer": scene.qa.answer,
+                "problem": format_problem(scene.qa, answer_format), "answer": scene.qa.answer,
                 "extra_info": {"answer": scene.qa.answer, "question": scene.qa.question}, "data_source": SOURCE,
             }
             f.write(json.dumps(row) + "\n")
-            if log is not None and (i + 1) % 500 == 0:
-                log(f"synth: {i + 1}/{n} scenes written")
+            if log is not None and (i + 1 - start) % 500 == 0:
+                log(f"synth: {i + 1 - start}/{n} scenes written")
     return jsonl

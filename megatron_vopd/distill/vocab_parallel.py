@@ -282,3 +282,21 @@ def _write_rows(grad: Tensor, rows: _Rows, chunk_grad: Tensor) -> None:
             target.copy_(chunk_grad)
     else:
         grad.index_copy_(0, rows.index, chunk_grad.to(grad.dtype))
+
+
+@torch.no_grad()
+def vocab_parallel_token_stats(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, tp_group=None,
+                               chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
+    """No-grad statistics of sharded logits ``[N, V/TP]``: the log-prob of ``targets [N]`` (global ids)
+    under ``softmax(logits / T)`` and the argmax id ``[N]``; every rank of the TP group gets both."""
+    tp = _TensorParallel.resolve(tp_group)
+    logprobs, argmax = [], []
+    for x, t in zip(logits.split(chunk_tokens), targets.split(chunk_tokens)):
+        dtype = compute_dtype(x)
+        lse = tp.logsumexp(_logsumexp(x, dtype, temperature))
+        picked = tp.gather([x], t[:, None], dtype)[0, :, 0]
+        logprobs.append(_scaled(picked, temperature) - lse)
+        argmax.append(tp.topk_ids(x.to(dtype), 1)[:, 0])
+    if not logprobs:
+        return logits.new_zeros(0, dtype=torch.float32), targets.new_zeros(0)
+    return torch.cat(logprobs), torch.cat(argmax)

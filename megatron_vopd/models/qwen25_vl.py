@@ -69,6 +69,23 @@ class Qwen25VLModel(MegatronModule):
             rotary_base=int(model.rope_theta),
         )
 
+        self._logit_positions = None  # [B, S] bool: the positions the output layer computes (see forward)
+        if post_process:
+            self.language_model.output_layer.register_forward_pre_hook(self._select_positions)
+
+    def _select_positions(self, output_layer, args):
+        """Output-layer pre-hook: keep only the hidden states at ``self._logit_positions``, as ``[N, 1, H]``.
+        With sequence parallelism the hidden states are gathered first (forward turns the layer's own
+        gather off meanwhile, as Megatron's inference path does)."""
+        if self._logit_positions is None:
+            return None
+        hidden = args[0]  # [S(/TP with sequence parallelism), B, H]
+        if self.config.sequence_parallel:
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden = gather_from_sequence_parallel_region(hidden)
+        return (hidden.transpose(0, 1)[self._logit_positions][:, None], *args[1:])  # batch-major rows
+
     def set_input_tensor(self, input_tensor):
         """Pipeline schedules hand the previous stage's activations in here."""
         self.language_model.set_input_tensor(input_tensor)
@@ -88,15 +105,29 @@ class Qwen25VLModel(MegatronModule):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
                 pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
-                labels: Tensor | None = None) -> Tensor:
+                labels: Tensor | None = None, logit_positions: Tensor | None = None) -> Tensor:
         """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage, or per-token losses ``[B, S]``
         when ``labels`` are given; hidden states ``[S, B, H]`` on other stages.
 
-        ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding)."""
+        ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding). ``logit_positions``
+        (``[B, S]`` bool) computes the output layer only there and returns ``[N, V/TP]`` logits, rows in
+        batch-major order: the distillation loss needs the response positions only, and the output
+        layer is the largest matmul of a small-hidden, 152k-vocabulary model."""
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
-        return self.language_model(
-            input_ids=None, position_ids=position_ids, attention_mask=causal_padding_mask(attention_mask),
-            decoder_input=decoder_input, labels=labels)
+        if logit_positions is not None and labels is not None:
+            raise ValueError("pass labels or logit_positions, not both")
+        self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
+        if self._logit_positions is not None and self.config.sequence_parallel:
+            self.language_model.output_layer.sequence_parallel = False
+        try:
+            out = self.language_model(
+                input_ids=None, position_ids=position_ids, attention_mask=causal_padding_mask(attention_mask),
+                decoder_input=decoder_input, labels=labels)
+        finally:
+            if self._logit_positions is not None and self.config.sequence_parallel:
+                self.language_model.output_layer.sequence_parallel = True
+            self._logit_positions = None
+        return out[0] if self.post_process and logit_positions is not None else out
 
 
 def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None,

@@ -93,6 +93,8 @@ class VLLMEngine(RolloutEngine):
         if torch.cuda.is_available():
             self.llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
+                    # vLLM's per-request INFO/WARNING lines drown the trainer's progress; VLLM_LOGGING_LEVEL overrides
+                    "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
                     "VLLM_CPU_KVCACHE_SPACE": str(cpu_kvcache_space_gib)}
         self.bucket_bytes, self.start_timeout_s = bucket_bytes, start_timeout_s
         self.weight_version = 0

@@ -23,10 +23,11 @@ def grad_norm(model) -> float:
     from megatron.core import parallel_state as ps
 
     grads = [p.main_grad if hasattr(p, "main_grad") else p.grad for p in model.parameters() if _counted_once(p)]
+    grads = [g.detach() for g in grads if g is not None]
     total = torch.zeros((), dtype=torch.float64)
-    for g in grads:
-        if g is not None:
-            total += g.detach().double().pow(2).sum().cpu()
+    if grads:  # per-tensor norms in the gradients' dtype (one fused pass), their squares summed in fp64
+        norms = torch.stack(torch._foreach_norm(grads)).double()
+        total += norms.pow(2).sum().cpu()
     dist.all_reduce(total, group=ps.get_model_parallel_group())
     return float(total.sqrt())
 

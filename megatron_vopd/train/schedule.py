@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "labels")
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "labels",
+                "logit_positions")
 
 
 def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, forward_only: bool = False) -> list:
