@@ -2,12 +2,15 @@
 
 A checkpoint folder holds the sharded tensors (loadable at any TP x PP layout, each rank reading
 only its shards) and ``vopd_model.yaml``, the ModelConfig it was made from. Writes are atomic: the
-folder is written under a temporary name and renamed when complete.
+folder is written under a temporary name and renamed when complete (``write_atomically``, also used by
+the training checkpoints of ``megatron_vopd.train.checkpoint``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch.distributed as dist
@@ -38,24 +41,58 @@ def save_model(model, out: str | Path, model_cfg: ModelConfig, *, overwrite: boo
     from megatron.core import dist_checkpointing
 
     out = prepare_output_dir(out, overwrite)
+
+    def write(tmp: Path) -> None:
+        dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
+        if dist.get_rank() == 0:
+            write_model_config(tmp, model_cfg)
+            for name, src in (extra_files or {}).items():
+                dst = tmp / name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
+
+    return write_atomically(out, write)
+
+
+def write_atomically(out: Path, write: Callable[[Path], None]) -> Path:
+    """Collective: ``write(tmp)`` on every rank into the empty folder ``<out>.tmp``, then (rank 0) move
+    it to ``out``. An existing ``out`` stays whole until the new folder is complete."""
+    out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     rank0 = dist.get_rank() == 0
     if rank0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    dist_checkpointing.save(model.sharded_state_dict(), str(tmp))
+    write(tmp)
+    dist.barrier()
     if rank0:
-        (tmp / MODEL_CONFIG).write_text(yaml.safe_dump(to_dict(model_cfg), sort_keys=False))
-        for name, src in (extra_files or {}).items():
-            dst = tmp / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dst)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)
     dist.barrier()
     return out
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename the folder ``src`` to ``dst``. An existing ``dst`` is swapped out in one atomic step
+    (Linux renameat2 RENAME_EXCHANGE; elsewhere: two renames) and then removed."""
+    if not dst.exists():
+        src.rename(dst)
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.renameat2(-100, bytes(src), -100, bytes(dst), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+            raise OSError(ctypes.get_errno(), "renameat2")
+    except (AttributeError, OSError):
+        old = dst.with_name(dst.name + ".old.tmp")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        src = old
+    shutil.rmtree(src)
+
+
+def write_model_config(folder: Path, model_cfg: ModelConfig) -> None:
+    (Path(folder) / MODEL_CONFIG).write_text(yaml.safe_dump(to_dict(model_cfg), sort_keys=False))
 
 
 def read_model_config(ckpt: str | Path) -> ModelConfig:
@@ -65,15 +102,27 @@ def read_model_config(ckpt: str | Path) -> ModelConfig:
     return load_model_config(str(path))
 
 
-def load_model(model, ckpt: str | Path) -> None:
-    """Collective: load the weights in ``ckpt`` into the model, whatever layout wrote them."""
-    from megatron.core import dist_checkpointing
-
+def require_dist_checkpoint(ckpt: str | Path) -> Path:
     ckpt = Path(ckpt)
     if not (ckpt / "metadata.json").is_file():
         raise FileNotFoundError(f"{ckpt}: not a Megatron distributed checkpoint (no metadata.json)")
-    state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt))
+    return ckpt
+
+
+def load_model(model, ckpt: str | Path) -> None:
+    """Collective: load the weights in ``ckpt`` into the model, whatever layout wrote them. ``ckpt``
+    may also be a training checkpoint (``megatron_vopd.train.checkpoint``): its other contents are ignored."""
+    from megatron.core import dist_checkpointing
+
+    ckpt = require_dist_checkpoint(ckpt)
+    sharded = model.sharded_state_dict()
+    state = dist_checkpointing.load(sharded, str(ckpt))
+    apply_model_state(model, {k: v for k, v in state.items() if k in sharded}, ckpt)
+
+
+def apply_model_state(model, state: dict, ckpt: Path, what: str = "") -> None:
+    """``model.load_state_dict`` of a loaded sharded state dict; KeyError naming ``ckpt`` on a mismatch."""
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
-        raise KeyError(f"{ckpt}: missing {missing[:10]}, unexpected {unexpected[:10]}")
+        raise KeyError(f"{ckpt}: {what}missing {missing[:10]}, unexpected {unexpected[:10]}")

@@ -1,0 +1,363 @@
+"""Training checkpoints (megatron_vopd.train.checkpoint): an exact round trip of weights, EMA teacher,
+AdamW state, RNG and trainer state; keep_last rotation and same-step replacement; a SIGKILL in the
+middle of a save leaves the previous checkpoint intact; TP=2 checkpoints load at TP=1; clear errors.
+
+Megatron's parallel state and the CPU shims are process-wide, so each scenario runs in a subprocess:
+this module is also the worker (``python -m tests.test_train_checkpoint SCENARIO DIR``, or under
+torchrun), printing one ``RESULT {json}`` line. The tiny Qwen2.5-VL runs with a 2048-token vocabulary
+(special tokens renumbered) so a checkpoint holds ~1M parameters instead of 40M: the tests stay fast.
+"""
+
+import copy
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint
+from tests.mp import ROOT, torchrun
+
+WORKER = "tests.test_train_checkpoint"
+
+
+def run_worker(scenario, folder, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", WORKER, scenario, str(folder)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    results = [json.loads(line.split("RESULT ", 1)[1]) for line in out.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and results, out[-4000:]
+    return results[-1]
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """One worker process for the round trip and the rotation scenarios (each in its own folder)."""
+    tmp = tmp_path_factory.mktemp("single")
+    return tmp, run_worker("single", tmp)
+
+
+def test_roundtrip_restores_everything_exactly(single):
+    r = single[1]["roundtrip"]
+    assert r["perturbed"] == {"weights": False, "teacher": False, "optimizer": False, "draws": False}  # the load has work to do
+    assert r["restored"] == {"weights": True, "teacher": True, "optimizer": True, "draws": True}, r
+    assert r["state"] == {"step": 2, "scheduler": {"last_epoch": 2, "lr": [0.001]}, "data": {"epoch": 0, "position": 17}}
+    assert r["optimizer_entries"] > 50 and r["optimizer_step"] == 2.0
+    assert r["load_model_matches"] and r["model_config_matches"]  # the bridge reads an iteration folder as is
+    assert sorted(r["files"]) == [".metadata", "common.pt", "metadata.json", "rng", "vopd_model.yaml"], r["files"]
+    assert r["latest"] == "iter_0000002\n"
+
+
+def test_keep_last_rotation_replacement_and_errors(single):
+    tmp, r = single[0] / "rotation", single[1]["rotation"]
+    assert r["after_four"] == ["iter_0000003", "iter_0000004", "latest"]
+    assert r["latest_after_four"].endswith("iter_0000004")
+    assert r["resaved_step_4_loads_new_weights"] and not r["resaved_step_4_loads_old_weights"]
+    assert r["after_resave"] == ["iter_0000003", "iter_0000004", "latest"]
+    assert r["keep_one_older_step"] == ["iter_0000001", "latest"]  # never deletes what it just wrote
+    assert r["keep_all"] == ["iter_0000001", "iter_0000005", "iter_0000006", "latest"]
+    root = str(tmp / "ckpt")
+    assert "model_only" in r["model_only_error"] and "not a training one" in r["model_only_error"]
+    assert root in r["no_teacher_error"] and "teacher." in r["no_teacher_error"]
+    assert r["keep_last_zero_error"].startswith("ValueError") and "keep_last=0" in r["keep_last_zero_error"]
+
+
+def test_sigkill_during_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    root = tmp_path / "ckpt"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    log = open(tmp_path / "save_loop.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", WORKER, "save_loop", str(tmp_path)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    try:
+        while not ((root / "latest").is_file() and any(root.glob("iter_*.tmp"))):
+            assert proc.poll() is None, (tmp_path / "save_loop.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no save in progress seen"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker and its helper processes, mid-save
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert any(root.glob("iter_*.tmp")), "the kill did not land during a save"
+    latest = latest_checkpoint(root)
+    assert latest is not None and (latest / "metadata.json").is_file()
+    r = run_worker("verify_latest", tmp_path)
+    assert r["latest"] == latest.name and r["weights_are_base_plus_step"], r
+
+
+def test_not_a_checkpoint_is_named(tmp_path):
+    assert latest_checkpoint(tmp_path) is None
+    (tmp_path / "iter_0000003.tmp").mkdir()  # a leftover of a killed save: ignored
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(FileNotFoundError, match="not a Megatron distributed checkpoint") as e:
+        load_checkpoint(tmp_path / "iter_0000003.tmp", model=None, optimizer=None)
+    assert str(tmp_path / "iter_0000003.tmp") in str(e.value)
+    (tmp_path / "latest").write_text("iter_0000003\n")
+    with pytest.raises(FileNotFoundError) as e:
+        latest_checkpoint(tmp_path)
+    assert str(tmp_path / "latest") in str(e.value) and str(tmp_path / "iter_0000003") in str(e.value)
+
+
+@pytest.mark.slow
+def test_tp2_checkpoint_loads_at_tp1(tmp_path):
+    code, result, out = torchrun(WORKER, 2, "tp2_save", str(tmp_path))
+    assert code == 0 and result is not None, out[-4000:]
+    r = run_worker("tp1_load", tmp_path)
+    assert r["weights_equal"] and r["teacher_equal"], r
+    assert r["exp_avg_equal"] and r["exp_avg_sq_equal"] and r["optimizer_entries"] > 50, r
+    assert r["state"] == {"step": 3}
+    assert "RNG not restored" in r["warnings"]
+
+
+# --------------------------------------------------------------------------------------------- worker
+
+VOCAB = 2048
+
+
+def tiny_cfg():
+    from megatron_vopd.config import load_model_config
+
+    cfg = load_model_config("tiny-qwen2.5-vl")
+    cfg.transformer_impl = "local"
+    cfg.vocab_size = VOCAB
+    cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id, cfg.video_token_id = 2000, 2001, 2002, 2003
+    return cfg
+
+
+def make_batch(cfg):
+    from megatron_vopd.models.layout_check import make_batch as layout_batch
+
+    batch = layout_batch(cfg)
+    ids = batch["input_ids"]
+    special = torch.isin(ids, torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id]))
+    batch["input_ids"] = torch.where(special, ids, ids % 1900)
+    batch["labels"] = torch.roll(batch["input_ids"], -1, dims=1)
+    return batch
+
+
+class Run:
+    """The tiny model at the current layout, AdamW over its parameters and an EMA teacher."""
+
+    def __init__(self, tp=1, seed=0):
+        from megatron_vopd.config import ParallelConfig
+        from megatron_vopd.distill.teacher import Teacher
+        from megatron_vopd.models.qwen25_vl import build_model
+        from megatron_vopd.runtime import init_distributed
+
+        self.info = init_distributed(tp, 1, seed=seed, timeout_s=300)
+        self.cfg, parallel = tiny_cfg(), ParallelConfig(tensor_model_parallel_size=tp)
+        self.model = build_model(self.cfg, parallel)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
+        self.teacher = Teacher("ema", self.model, lambda: build_model(self.cfg, parallel, init_weights=False), ema_rate=0.5)
+
+    def train(self, steps):
+        from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
+
+        batch = make_batch(self.cfg)
+        for _ in range(steps):
+            self.opt.zero_grad()
+            forward_backward(self.model, [batch], cross_entropy_loss)
+            self.opt.step()
+            self.teacher.update(self.model)
+
+    def save(self, root, step, state, **kw):
+        from megatron_vopd.train.checkpoint import save_checkpoint
+
+        return save_checkpoint(root, step, model=self.model, optimizer=self.opt, model_cfg=self.cfg, state=state,
+                               teacher_model=self.teacher.model, **kw)
+
+    def load(self, path, teacher=True):
+        return load_checkpoint(path, model=self.model, optimizer=self.opt, teacher_model=self.teacher.model if teacher else None)
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, np.ndarray):
+        return np.array_equal(a, b)
+    return a == b
+
+
+def draws():
+    from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+    with get_cuda_rng_tracker().fork():
+        tracker = torch.rand(3)
+    return [torch.rand(4), random.random(), np.random.rand(3), tracker]
+
+
+@torch.no_grad()
+def shift(model, value):
+    for p in model.parameters():
+        p.add_(value)
+
+
+def error(fn) -> str:
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return f"{type(e).__name__}: {e}"
+    return "no error"
+
+
+def roundtrip(tmp):
+    from megatron_vopd.bridge.megatron_ckpt import load_model, read_model_config
+    from megatron_vopd.config import ParallelConfig, to_dict
+    from megatron_vopd.models.qwen25_vl import build_model
+
+    run, root = Run(), tmp / "ckpt"
+    run.train(2)
+    state = {"step": 2, "scheduler": {"last_epoch": 2, "lr": [0.001]}, "data": {"epoch": 0, "position": 17}}
+    want = {"weights": params(run.model), "teacher": params(run.teacher.model), "optimizer": copy.deepcopy(run.opt.state_dict())}
+    path = run.save(root, 2, state)
+    want["draws"] = draws()
+
+    def check():
+        opt = run.opt.state_dict()
+        return {"weights": same(want["weights"], params(run.model)), "teacher": same(want["teacher"], params(run.teacher.model)),
+                "optimizer": same(want["optimizer"], opt),
+                "draws": same(want["draws"], draws())}
+
+    run.train(1)  # moves weights, teacher and optimizer state, draws dropout numbers
+    shift(run.teacher.model, 0.5)
+    torch.manual_seed(99), random.seed(99), np.random.seed(99)
+    perturbed = check()
+    loaded = run.load(path)
+    restored = check()
+    fresh = build_model(run.cfg, ParallelConfig(), init_weights=False)
+    load_model(fresh, path)
+    return {
+        "perturbed": perturbed, "restored": restored, "state": loaded, "files": [f.name for f in path.iterdir() if not f.name.endswith(".distcp")],
+        "optimizer_entries": len(run.opt.state_dict()["state"]), "optimizer_step": float(run.opt.state_dict()["state"][0]["step"]),
+        "load_model_matches": same(want["weights"], params(fresh)),
+        "model_config_matches": to_dict(read_model_config(path)) == to_dict(run.cfg),
+        "latest": (root / "latest").read_text()}
+
+
+def rotation(tmp):
+    from megatron_vopd.bridge.megatron_ckpt import save_model
+
+    run, root = Run(), tmp / "ckpt"
+    listing = lambda: sorted(p.name for p in root.iterdir())  # noqa: E731
+    for step in range(1, 5):
+        run.save(root, step, {"step": step}, keep_last=2)
+    result = {"after_four": listing(), "latest_after_four": str(latest_checkpoint(root))}
+    old = params(run.model)
+    shift(run.model, 1.0)
+    new = params(run.model)
+    run.save(root, 4, {"step": 4}, keep_last=2)
+    shift(run.model, 1.0)
+    run.load(root / "iter_0000004")
+    result.update(resaved_step_4_loads_new_weights=same(new, params(run.model)),
+                  resaved_step_4_loads_old_weights=same(old, params(run.model)), after_resave=listing())
+    run.save(root, 1, {"step": 1}, keep_last=1)
+    result["keep_one_older_step"] = listing()
+    run.save(root, 5, {"step": 5})
+    run.save(root, 6, {"step": 6})
+    result["keep_all"] = listing()
+    save_model(run.model, tmp / "model_only", run.cfg)
+    from megatron_vopd.train.checkpoint import save_checkpoint
+
+    no_teacher = save_checkpoint(root, 7, model=run.model, optimizer=run.opt, model_cfg=run.cfg, state={})
+    result.update(model_only_error=error(lambda: run.load(tmp / "model_only")),
+                  no_teacher_error=error(lambda: run.load(no_teacher)),
+                  keep_last_zero_error=error(lambda: run.save(root, 8, {}, keep_last=0)))
+    return result
+
+
+def scenario_single(tmp):
+    result = {"roundtrip": roundtrip(tmp / "roundtrip"), "rotation": rotation(tmp / "rotation")}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def scenario_save_loop(tmp):
+    run = Run()
+    for step in range(1, 10_000):
+        shift(run.model, 1.0)  # weights = initial + step
+        run.save(tmp / "ckpt", step, {"step": step}, keep_last=2)
+
+
+def scenario_verify_latest(tmp):
+    run = Run()  # the same seed: the same initial weights as the killed run
+    base = params(run.model)
+    latest = latest_checkpoint(tmp / "ckpt")
+    state = run.load(latest, teacher=False)
+    ok = state["step"] == int(latest.name[5:]) and all(torch.equal(p, base[n] + state["step"]) for n, p in params(run.model).items())
+    print("RESULT " + json.dumps({"latest": latest.name, "weights_are_base_plus_step": ok}), flush=True)
+
+
+def full(model, table):
+    from megatron_vopd.bridge.distribution import iter_full_parameters
+
+    return {n: t.clone() for n, t in iter_full_parameters(model, table)}
+
+
+def optimizer_as_models(run, key):
+    """AdamW's ``key`` state in a model of the same layout (to gather it like the weights)."""
+    from megatron_vopd.config import ParallelConfig
+    from megatron_vopd.models.qwen25_vl import build_model
+
+    shadow = build_model(run.cfg, ParallelConfig(tensor_model_parallel_size=run.info.tp_size), init_weights=False)
+    with torch.no_grad():
+        for p, s in zip(run.model.parameters(), shadow.parameters()):
+            s.copy_(run.opt.state[p][key])
+    return shadow
+
+
+def scenario_tp2_save(tmp):
+    from megatron_vopd.bridge import MappingTable
+
+    run = Run(tp=2)
+    run.train(3)
+    table = MappingTable.for_config(run.cfg)
+    gathered = {"weights": full(run.model, table), "teacher": full(run.teacher.model, table),
+                "exp_avg": full(optimizer_as_models(run, "exp_avg"), table),
+                "exp_avg_sq": full(optimizer_as_models(run, "exp_avg_sq"), table)}
+    run.save(tmp / "ckpt", 3, {"step": 3})
+    if run.info.rank == 0:
+        torch.save(gathered, tmp / "tp2_full.pt")
+        print("RESULT " + json.dumps({"saved": True}), flush=True)
+
+
+def scenario_tp1_load(tmp):
+    import logging
+
+    from megatron_vopd.bridge import MappingTable
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logging.getLogger("megatron_vopd.train.checkpoint").addHandler(handler)
+    run = Run(tp=1, seed=5)
+    state = run.load(latest_checkpoint(tmp / "ckpt"))
+    table = MappingTable.for_config(run.cfg)
+    want = torch.load(tmp / "tp2_full.pt", weights_only=True)
+    print("RESULT " + json.dumps({
+        "weights_equal": same(want["weights"], full(run.model, table)), "teacher_equal": same(want["teacher"], full(run.teacher.model, table)),
+        "exp_avg_equal": same(want["exp_avg"], full(optimizer_as_models(run, "exp_avg"), table)),
+        "exp_avg_sq_equal": same(want["exp_avg_sq"], full(optimizer_as_models(run, "exp_avg_sq"), table)),
+        "optimizer_entries": len(run.opt.state), "state": state, "warnings": " ".join(messages)}), flush=True)
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    globals()["scenario_" + sys.argv[1]](Path(sys.argv[2]))
