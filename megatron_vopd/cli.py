@@ -1,11 +1,13 @@
 """The ``vopd`` command. Each subcommand lives in its own module; this file only dispatches.
 
-    vopd demo                 run the demo (for now: the TP/PP layout parity check of the tiny model)
+    vopd demo                 the demo: crop warm-up, eval, Vision-OPD, eval, on CPU (demo.py)
     vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
     vopd data synth|prepare   synthetic fine-grained data; raw Vision-OPD-6K -> parquet (commands/data.py)
     vopd convert hf-to-megatron|megatron-to-hf   checkpoint conversion (commands/convert.py)
     vopd serve --ckpt DIR     serve an exported checkpoint with vLLM's OpenAI server (commands/serve.py)
     vopd plan --recipe NAME --nodes N   per-GPU memory of a scale-out recipe and the layouts that fit
+    vopd train RECIPE [key.sub=value ...]   train on this machine under torchrun (commands/train.py)
+    vopd eval --ckpt DIR --data FILE --out DIR   full-image vs crop accuracy of checkpoints (commands/eval.py)
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ def _cmd_config(args) -> int:
 def _cmd_demo(args) -> int:
     from megatron_vopd.demo import run_demo
 
-    return run_demo(model=args.model)
+    return run_demo(out=args.out, warmup_steps=args.warmup_steps, opd_steps=args.opd_steps)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vopd", description="Vision-OPD on Megatron-Core: on-policy "
                                      "self-distillation of Qwen-VL models (student: full image, teacher: evidence crop).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("demo", help="run the CPU demo (now: TP/PP layout parity of the tiny Qwen2.5-VL)")
-    p.add_argument("--model", default="tiny-qwen2.5-vl", help="model recipe (configs/model/NAME.yaml)")
+    p = sub.add_parser("demo", help="run the CPU demo: crop warm-up, eval, Vision-OPD, eval (tiny Qwen2.5-VL)")
+    p.add_argument("--out", default="outputs/demo", help="output directory (replaced)")
+    p.add_argument("--warmup-steps", type=int, default=None, help="override the warm-up's optimizer.train_steps")
+    p.add_argument("--opd-steps", type=int, default=None, help="override Vision-OPD's optimizer.train_steps")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("config", help="print a recipe resolved with key.sub=value overrides, after validation")
     p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. configs/demo.yaml); default: built-in defaults")
@@ -48,11 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_vopd.commands.eval import register as register_eval
     from megatron_vopd.commands.plan import register as register_plan
     from megatron_vopd.commands.serve import register as register_serve
+    from megatron_vopd.commands.train import register as register_train
 
     register_data(sub)
     register_convert(sub)
     register_serve(sub)
     register_plan(sub)
+    register_train(sub)
     register_eval(sub)
     return parser
 

@@ -552,9 +552,10 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(0 < r.top_p <= 1, f"rollout.top_p={r.top_p} must be in (0, 1]")
     check(0 < r.gpu_memory_utilization <= 1,
           f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
-    check(r.max_tokens <= d.max_response_length,
+    rollout_used = cfg.objective == "vision_opd"  # crop_sft does not sample
+    check(not rollout_used or r.max_tokens <= d.max_response_length,
           f"rollout.max_tokens={r.max_tokens} must be <= data.max_response_length={d.max_response_length}")
-    check(r.max_model_len >= d.max_prompt_length + r.max_tokens,
+    check(not rollout_used or r.max_model_len >= d.max_prompt_length + r.max_tokens,
           f"rollout.max_model_len={r.max_model_len} must be >= data.max_prompt_length + rollout.max_tokens "
           f"= {d.max_prompt_length + r.max_tokens}")
     check(r.tensor_parallel_size < 1 or m.num_attention_heads % r.tensor_parallel_size == 0,

@@ -62,9 +62,10 @@ class Trainer:
         self.step, self.start_step = 0, 0
         ck = cfg.checkpoint
         latest = latest_checkpoint(ck.dir) if ck.resume else None
-        if latest is None and ck.load:
-            _log(f"[train] initial weights from {ck.load}")
-            load_model(self.model, ck.load)
+        if latest is None and ck.load:  # a model checkpoint, or a training run (its latest checkpoint)
+            source = latest_checkpoint(ck.load) or ck.load
+            _log(f"[train] initial weights from {source}")
+            load_model(self.model, source)
         opd = cfg.objective == "vision_opd"
         self.teacher = Teacher(cfg.distill.teacher if opd else "current", self.model,
                                lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate)
@@ -291,7 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print(__doc__)
         return 2
-    cfg = load_config(argv[0], argv[1:])
+    from megatron_vopd.config import ConfigError
+
+    try:
+        cfg = load_config(argv[0], argv[1:])
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
     history = Trainer(cfg).fit()
     if dist.get_rank() == 0:
         print("RESULT " + json.dumps({"losses": [h["loss"] for h in history],

@@ -1,0 +1,46 @@
+"""``vopd train RECIPE [key.sub=value ...] [--nproc N]``: train on this machine under torchrun.
+
+The recipe is validated here first (errors name the key), then the process becomes
+``torchrun --standalone --nproc-per-node N -m megatron_vopd.train.trainer RECIPE ...`` (exec, so
+Ctrl-C and SIGTERM reach the workers). N defaults to TP x PP (one data-parallel replica). On a
+cluster the same trainer module runs under the launcher's torchrun (launch/, docker/).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a recipe on this machine (torchrun, N local processes)")
+    p.add_argument("recipe", help="YAML recipe, e.g. configs/demo.yaml")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optimizer.train_steps=10")
+    p.add_argument("--nproc", type=int, default=None, help="processes (default: TP x PP)")
+    p.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    p.set_defaults(func=run)
+
+
+def torchrun_command(args, cfg) -> list[str]:
+    p = cfg.parallel
+    nproc = args.nproc or p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
+            "-m", "megatron_vopd.train.trainer", args.recipe, *args.overrides]
+
+
+def run(args) -> int:
+    from megatron_vopd.config import ConfigError, load_config, validate
+
+    try:
+        cfg = load_config(args.recipe, args.overrides)
+        cmd = torchrun_command(args, cfg)
+        validate(cfg, world_size=int(cmd[cmd.index("--nproc-per-node") + 1]))
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(" ".join(cmd), flush=True)
+    if args.dry_run:
+        return 0
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    os.execvpe(cmd[0], cmd, env)
+    return 0  # not reached
