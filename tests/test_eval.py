@@ -228,3 +228,12 @@ def test_vopd_eval_end_to_end_two_checkpoints(tmp_path, synth):
     assert all(len(p) == 4 for p in preds)
     # the perturbed weights reached the engine: its greedy responses changed
     assert [p["full_text"] for p in preds[0]] != [p["full_text"] for p in preds[1]]
+
+
+def test_parse_choice_matches_option_text_when_no_letter():
+    options = ("red", "light blue", "blue", "green")
+    assert parse_choice("The color is blue.", options=options) == "C"
+    assert parse_choice("The color is light blue.", options=options) == "B"
+    assert parse_choice("Green, not red.", options=options) == "A"  # the option named last wins
+    assert parse_choice("The color is purple.", options=options) is None
+    assert parse_choice("The answer is D. It is blue.", options=options) == "D"  # a letter wins over text

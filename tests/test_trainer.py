@@ -41,7 +41,7 @@ def recipe(tmp_path, scenes, objective: str, **sections) -> str:
         "logging": {"jsonl_path": str(tmp_path / "metrics.jsonl")},
     }
     for key, value in sections.items():
-        cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / f"{objective}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -82,3 +82,42 @@ def test_missing_train_file_names_the_key(tmp_path, scenes):
     path = recipe(tmp_path, scenes, "crop_sft", data={"train_file": str(tmp_path / "nope.jsonl")})
     code, _, out = torchrun(TRAINER, 1, path, timeout=300)
     assert code != 0 and "nope.jsonl" in out
+
+
+@pytest.fixture(scope="module")
+def trained_tp1(tmp_path_factory, scenes):
+    """A TP1 run of 3 crop_sft steps: (its step-2 checkpoint, the losses of steps 3 and 1)."""
+    tmp = tmp_path_factory.mktemp("tp1")
+    run = train(recipe(tmp, scenes, "crop_sft", optimizer={"train_steps": 3}))
+    return str(tmp / "ckpt" / "iter_0000002"), run["losses"][2], run["losses"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tp,pp,nproc", [(2, 1, 2), (1, 2, 2), (1, 1, 2)], ids=["tp2", "pp2", "dp2"])
+def test_crop_sft_losses_equal_across_layouts(tmp_path, scenes, trained_tp1, tp, pp, nproc):
+    """Weights and optimizer state of a TP1 checkpoint, loaded at TP2, PP2 or two data-parallel
+    replicas and trained on: the next step's loss equals the TP1 run's (and its step 4 too for DP)."""
+    start, tp1_loss, first_loss = trained_tp1
+    layout = {"tensor_model_parallel_size": tp, "pipeline_model_parallel_size": pp}
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "latest").write_text("iter_0000002\n")
+    (ckpt / "iter_0000002").symlink_to(start)
+    other = train(recipe(tmp_path, scenes, "crop_sft", parallel=layout, optimizer={"train_steps": 3}), nproc=nproc)
+    print("TP1 loss", tp1_loss, f"TP{tp}xPP{pp} loss", other["losses"])
+    assert other["steps"] == [3]
+    assert abs(other["losses"][0] - tp1_loss) <= 1e-5 * abs(tp1_loss)
+    assert abs(tp1_loss - first_loss) > 1e-2  # training moved the weights
+
+
+@pytest.mark.slow
+def test_vision_opd_runs_at_tp2(tmp_path, scenes):
+    """Rollout from rank 0's engine, TP-sharded teacher/student passes, sync from a TP2 model, eval."""
+    result = train(recipe(tmp_path, scenes, "vision_opd", parallel={"tensor_model_parallel_size": 2},
+                          optimizer={"train_steps": 2}, data={"eval_file": str(scenes[1])}), nproc=2)
+    assert result["steps"] == [1, 2] and all(x == x and x >= 0 for x in result["losses"])
+    rows = json.loads((tmp_path / "ckpt" / "eval.json").read_text())
+    assert [r["step"] for r in rows] == [0, 2] and all(r["n"] == 4 for r in rows)
+    assert (tmp_path / "ckpt" / "eval.png").stat().st_size > 0
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "loss/anchor", "time/rollout", "time/sync", "agreement", "answer_entropy"} <= set(metrics[0])

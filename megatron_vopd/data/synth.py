@@ -33,7 +33,10 @@ INSTRUCTION = "Answer with the option's letter from the given choices."  # answe
 # answer_format="sentence": a short sentence naming the colour, then the letter, so that a response is
 # several tokens and on-policy sampling matters (VISION_OPD.md, miniature findings).
 SENTENCE_INSTRUCTION = "Name the color, then give the option's letter, as in: The color is X. The answer is Y."
-ANSWER_FORMATS = ("letter", "sentence")
+# answer_format="color": a short sentence naming the colour ("The color is blue."); the chosen option is
+# the one whose text the answer names (eval.parse_choice matches option texts when no letter is given).
+COLOR_INSTRUCTION = "Answer with a short sentence naming the color, as in: The color is X."
+ANSWER_FORMATS = ("letter", "sentence", "color")
 
 # object colours (no red: the evidence box is red)
 PALETTE = {
@@ -80,7 +83,7 @@ def make_question(target: Shape, option_colours: tuple[str, ...], answer_index: 
 def format_problem(qa: QA, answer_format: str = "letter") -> str:
     """The Vision-OPD-6K problem text: image, question, hint, lettered options, instruction."""
     options = "\n".join(f"{'ABCD'[i]}. {text}" for i, text in enumerate(qa.options))
-    instruction = {"letter": INSTRUCTION, "sentence": SENTENCE_INSTRUCTION}[answer_format]
+    instruction = {"letter": INSTRUCTION, "sentence": SENTENCE_INSTRUCTION, "color": COLOR_INSTRUCTION}[answer_format]
     return f"<image>\n{qa.question}\n\n{HINT}\n\n{options}\n\n{instruction}"
 
 
@@ -88,6 +91,8 @@ def reference_response(options, answer: str, answer_format: str = "letter") -> s
     """The correct response in ``answer_format`` (used only by the labelled warm-up of the demo)."""
     if answer_format == "letter":
         return answer
+    if answer_format == "color":
+        return f"The color is {options['ABCD'.index(answer)]}."
     return f"The color is {options['ABCD'.index(answer)]}. The answer is {answer}."
 
 

@@ -23,13 +23,15 @@ VIEWS = ("full", "crop")
 UNPARSED = "none"  # the answer_counts key of responses without a letter
 
 
-def parse_choice(text: str, letters: str = "ABCD") -> str | None:
+def parse_choice(text: str, letters: str = "ABCD", options: Sequence[str] = ()) -> str | None:
     """The option letter chosen in ``text``, or None. Rules, first match wins:
 
     1. "answer is X" / "Answer: X" (case-insensitive, optional "option", parentheses, ``**``, period;
        the last such phrase when there are several);
     2. the whole response is the letter: "B", "b", "B.", "(B)";
-    3. the last standalone capital letter among ``letters`` ("A blue square ... so D" -> "D").
+    3. the last standalone capital letter among ``letters`` ("A blue square ... so D" -> "D");
+    4. with ``options`` (the option texts, in letter order): the option whose text the response names
+       last, as a whole word ("The color is blue." with B = blue -> "B").
 
     A thinking model's reasoning (up to the last ``</think>``) is ignored.
 
@@ -50,7 +52,11 @@ def parse_choice(text: str, letters: str = "ABCD") -> str | None:
     if whole:
         return whole.group(1).upper()
     found = re.findall(rf"\b([{cls}])\b", text)
-    return found[-1] if found else None
+    if found:
+        return found[-1]
+    named = [(m.end(), len(option), letter) for letter, option in zip(letters, options) if option
+             for m in re.finditer(rf"(?<![\w-]){re.escape(option)}(?![\w-])", text, re.IGNORECASE)]
+    return max(named)[2] if named else None  # the last named; of two ending together ("light blue"), the longer
 
 
 @dataclass
@@ -62,6 +68,7 @@ class EvalItem:
     full: RolloutRequest
     crop: RolloutRequest
     letters: str = "ABCD"  # the option letters of this record
+    options: tuple[str, ...] = ()  # the option texts (an answer may name one instead of its letter)
 
 
 def eval_items(records: Sequence, *, tokenizer, family: str, image_root: str | Path | None, crop_margin: float,
@@ -77,7 +84,8 @@ def eval_items(records: Sequence, *, tokenizer, family: str, image_root: str | P
                                 min_size=min_crop_size)
         ids = [int(t) for t in tokenize_prompt(r.prompt, tokenizer, family, thinking=thinking)]
         letters = "ABCDEFGHIJ"[:len(r.options)] if r.options else "ABCD"
-        items.append(EvalItem(r.id, r.answer, RolloutRequest(ids, [full]), RolloutRequest(list(ids), [crop]), letters))
+        items.append(EvalItem(r.id, r.answer, RolloutRequest(ids, [full]), RolloutRequest(list(ids), [crop]), letters,
+                              tuple(r.options or ())))
     return items
 
 
@@ -118,7 +126,7 @@ def evaluate(engine: RolloutEngine, items: Sequence[EvalItem], *, weight_version
             pred = {"id": it.id, "answer": it.answer}
             for view, samples in zip(VIEWS, (out[i], out[len(batch) + i])):
                 text = tokenizer.decode(samples[0].token_ids, skip_special_tokens=True)
-                choice = parse_choice(text, it.letters)
+                choice = parse_choice(text, it.letters, it.options)
                 correct[view] += choice == it.answer
                 counts[view][choice or UNPARSED] += 1
                 pred[f"{view}_text"], pred[f"{view}_choice"] = text, choice

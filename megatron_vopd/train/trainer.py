@@ -144,7 +144,7 @@ class Trainer:
             samples = self.rollout(batch.prompts)
             times["rollout"] = time.perf_counter() - t
             resps, empty = responses(samples, self.cfg.data.max_response_length)
-            metrics.update(self.answer_stats(samples), empty_responses=empty,
+            metrics.update(self.answer_stats(samples, batch.prompts), empty_responses=empty,
                            truncated=sum(r.truncated for r in resps))
             mbs, total_rows = self.micro_batches(batch.prompts, resps)
             t = time.perf_counter()
@@ -197,14 +197,14 @@ class Trainer:
         self.teacher.update(self.model)
         return {"lr": lr, "grad_norm": norm}
 
-    def answer_stats(self, samples) -> dict:
+    def answer_stats(self, samples, prompts) -> dict:
         """Entropy (nats) of the parsed answers over all samples, and the share of prompts whose samples
         all give one answer: with a balanced dataset a model that reads the image keeps the entropy
         near log(4); a collapsed one answers the same letter whatever the image."""
         from megatron_vopd.eval.accuracy import parse_choice
 
-        answers = [[parse_choice(self.tokenizer.decode(s.token_ids, skip_special_tokens=True)) for s in per]
-                   for per in samples]
+        answers = [[parse_choice(self.tokenizer.decode(s.token_ids, skip_special_tokens=True), options=p.options)
+                    for s in per] for per, p in zip(samples, prompts)]
         counts = Counter(a for per in answers for a in per)
         total = sum(counts.values())
         entropy = -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
