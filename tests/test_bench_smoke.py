@@ -37,3 +37,10 @@ def test_loss_quick_prints_ratios():
     ratios = {line.split()[0]: float(line.split()[1]) for line in out.splitlines()
               if line.startswith(("MEMORY_RATIO", "TIME_RATIO"))}
     assert set(ratios) == {"MEMORY_RATIO", "TIME_RATIO"} and all(v > 0 for v in ratios.values())
+
+
+def test_train_step_tiny_prints_ratio_and_losses_agree():
+    out = run_bench("train_step.py", "--prompts", "2", "--samples", "2", "--response-len", "8", "--steps", "1")
+    assert "LOSS_CHECK passed" in out.splitlines()
+    ratio = float(next(line for line in out.splitlines() if line.startswith("TRAIN_STEP_RATIO ")).split()[1])
+    assert ratio > 0

@@ -114,10 +114,16 @@ def test_crop_sft_losses_equal_across_layouts(tmp_path, scenes, trained_tp1, tp,
 def test_vision_opd_runs_at_tp2(tmp_path, scenes):
     """Rollout from rank 0's engine, TP-sharded teacher/student passes, sync from a TP2 model, eval."""
     result = train(recipe(tmp_path, scenes, "vision_opd", parallel={"tensor_model_parallel_size": 2},
-                          optimizer={"train_steps": 2}, data={"eval_file": str(scenes[1])}), nproc=2)
+                          optimizer={"train_steps": 2}, data={"eval_file": str(scenes[1])},
+                          logging={"tensorboard_dir": str(tmp_path / "tb")}), nproc=2)
     assert result["steps"] == [1, 2] and all(x == x and x >= 0 for x in result["losses"])
     rows = json.loads((tmp_path / "ckpt" / "eval.json").read_text())
     assert [r["step"] for r in rows] == [0, 2] and all(r["n"] == 4 for r in rows)
     assert (tmp_path / "ckpt" / "eval.png").stat().st_size > 0
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert {"loss", "loss/anchor", "time/rollout", "time/sync", "agreement", "answer_entropy"} <= set(metrics[0])
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2]

@@ -129,6 +129,9 @@ class Trainer:
         m = self.cfg.model
         views = {v: view_sequences(prompts, resps, v) for v in ("student", "teacher")}
         total_rows = sum(len(r.token_ids) for r in resps)
+        if len(resps) < self.info.dp_size:
+            raise RuntimeError(f"step {self.step + 1}: {len(resps)} non-empty responses for {self.info.dp_size} "
+                               "data-parallel replicas: raise data.prompts_per_step or rollout.n_samples")
         mine = {v: seqs[self.info.dp_rank::self.info.dp_size] for v, seqs in views.items()}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         return micro_batches(mine, budget=self.cfg.optimizer.micro_batch_tokens, pad_id=pad,
