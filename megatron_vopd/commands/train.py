@@ -41,6 +41,7 @@ def run(args) -> int:
     print(" ".join(cmd), flush=True)
     if args.dry_run:
         return 0
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    nproc = int(cmd[cmd.index("--nproc-per-node") + 1])  # one thread per core, split between the processes
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached
