@@ -8,7 +8,7 @@ tokenizer; random initial weights) on synthetic fine-grained scenes.
         full image, teacher (EMA) on the crop, crop anchor;
     (d) evaluation again. (b) and (d) run inside (c), through its own rollout engine.
 
-Answers are a short sentence naming the colour, then the letter, so that on-policy sampling matters.
+Answers are a short sentence naming the colour ("The color is blue."), so that on-policy sampling matters.
 Everything lands in ``--out`` (default outputs/demo): data, checkpoints, metrics.jsonl, eval.json/png.
 """
 
@@ -47,8 +47,8 @@ def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_ste
     data = root / "data"
     print(f"[demo] writing {TRAIN_SCENES} training and {EVAL_SCENES} held-out synthetic scenes ({SIZE}x{SIZE}) to {data}",
           flush=True)
-    train = synthesize(data, TRAIN_SCENES, SEED, size=SIZE, answer_format="sentence")
-    held_out = synthesize(data, EVAL_SCENES, SEED, size=SIZE, answer_format="sentence", jsonl_name="eval.jsonl",
+    train = synthesize(data, TRAIN_SCENES, SEED, size=SIZE, answer_format="color")
+    held_out = synthesize(data, EVAL_SCENES, SEED, size=SIZE, answer_format="color", jsonl_name="eval.jsonl",
                           start=100_000)
     common = [f"data.train_file={train}", f"data.eval_file={held_out}"]
     warm = [*common, f"checkpoint.dir={root / 'warmup'}", f"logging.jsonl_path={root / 'warmup' / 'metrics.jsonl'}"]
