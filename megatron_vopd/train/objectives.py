@@ -22,6 +22,8 @@ reduced over data parallelism and returned on every rank.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -61,6 +63,7 @@ def _reduced(sums: dict, dp_group) -> dict:
 def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, total_rows: int, dp_group) -> dict:
     """Gradient of the Vision-OPD loss (see the module docstring); returns summed metrics."""
     sums: dict[str, float] = {}
+    teacher_seconds = 0.0
 
     def add(key, value):
         sums[key] = sums.get(key, 0.0) + float(value)
@@ -77,8 +80,10 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
                                                                           temperature=distill.temperature)
             return out.sum() * 0, {}
 
+        t0 = time.perf_counter()
         with torch.no_grad():
             forward_backward(teacher_model, _indexed(mbs["teacher"], idx), keep, forward_only=True)
+        teacher_seconds += time.perf_counter() - t0
         scale = len(idx) / total_rows
 
         def student_loss(out, batch):
@@ -106,7 +111,7 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
         teacher_logits.clear()
     out = _reduced(sums, dp_group)
     rows = max(out.pop("rows", 1.0), 1.0)
-    metrics = {"loss": out["loss"] / total_rows, "agreement": out["agreement"] / rows,
+    metrics = {"loss": out["loss"] / total_rows, "agreement": out["agreement"] / rows, "time/teacher": teacher_seconds,
                "rollout_logprob_absdiff": out["rollout_logprob_absdiff"] / rows}
     if "loss/anchor" in out:
         metrics["loss/anchor"] = out["loss/anchor"] / total_rows

@@ -153,7 +153,8 @@ class Trainer:
             t = time.perf_counter()
             metrics.update(objectives.vision_opd(self.model, self.teacher.model, mbs, distill=self.cfg.distill,
                                                  total_rows=total_rows, dp_group=self.dp_group))
-            times["student"] = time.perf_counter() - t  # teacher + student (+ anchor) passes
+            times["teacher"] = metrics.pop("time/teacher")  # this rank's teacher forward passes
+            times["student"] = time.perf_counter() - t - times["teacher"]  # student (+ crop anchor) fwd/bwd
         else:
             from megatron_vopd.data.synth import reference_response
 
