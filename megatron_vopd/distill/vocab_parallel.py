@@ -296,7 +296,7 @@ def vocab_parallel_token_stats(logits: Tensor, targets: Tensor, *, temperature: 
         lse = tp.logsumexp(_logsumexp(x, dtype, temperature))
         picked = tp.gather([x], t[:, None], dtype)[0, :, 0]
         logprobs.append(_scaled(picked, temperature) - lse)
-        argmax.append(tp.topk_ids(x.to(dtype), 1)[:, 0])
+        argmax.append(tp.topk_ids(x, 1)[:, 0])  # reads x in place (no upcast copy of the chunk)
     if not logprobs:
         return logits.new_zeros(0, dtype=torch.float32), targets.new_zeros(0)
     return torch.cat(logprobs), torch.cat(argmax)

@@ -77,7 +77,8 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
         def keep(out, batch):
             teacher_logits[batch["index"]] = out.detach()
             _, teacher_argmax[batch["index"]] = vocab_parallel_token_stats(out.detach(), batch["targets"],
-                                                                          temperature=distill.temperature)
+                                                                          temperature=distill.temperature,
+                                                       chunk_tokens=distill.loss_chunk_tokens)
             return out.sum() * 0, {}
 
         t0 = time.perf_counter()
@@ -88,7 +89,8 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
 
         def student_loss(out, batch):
             i = batch["index"]
-            logp, argmax = vocab_parallel_token_stats(out.detach(), batch["targets"], temperature=distill.temperature)
+            logp, argmax = vocab_parallel_token_stats(out.detach(), batch["targets"], temperature=distill.temperature,
+                                                       chunk_tokens=distill.loss_chunk_tokens)
             log_ratio = logp - batch["rollout_logprobs"].to(logp.dtype)  # logp_old - logp_rollout
             loss = vocab_parallel_generalized_jsd_loss(out, teacher_logits[i], torch.ones_like(batch["targets"], dtype=torch.bool),
                                                        log_ratio=log_ratio, **loss_kwargs)
