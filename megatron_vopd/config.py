@@ -534,6 +534,14 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
                                   "importable and CUDA available); set model.fp8=null")
         check(m.transformer_impl != "local",
               f"model.fp8={m.fp8!r} requires Transformer Engine layers, but model.transformer_impl='local'")
+        # FP8 is compute-only (TE casts GEMM inputs; fp8_param stays off): the parameters, and so the
+        # weights synced to vLLM, are bf16.
+        check(m.params_dtype == "bfloat16",
+              f"model.fp8={m.fp8!r} trains bf16 parameters with FP8 GEMMs: set model.params_dtype=bfloat16 "
+              f"(got {m.params_dtype!r})")
+        check(cfg.rollout.dtype == "bfloat16",
+              f"model.fp8={m.fp8!r}: the rollout engine gets the bf16 weights; set rollout.dtype=bfloat16 "
+              f"(got {cfg.rollout.dtype!r})")
     if m.transformer_impl == "transformer_engine":
         check(bool(te_available), "model.transformer_impl='transformer_engine' requires Transformer Engine "
                                   "(transformer_engine.pytorch importable and CUDA available); use 'auto' or 'local'")

@@ -224,10 +224,17 @@ def test_layers_not_divisible_by_pp():
 
 def test_fp8_without_transformer_engine():
     cfg = load_config(None, TINY)
-    cfg.model.fp8 = "e4m3"
+    cfg.model.fp8, cfg.model.params_dtype, cfg.rollout.dtype = "e4m3", "bfloat16", "bfloat16"
     with pytest.raises(ConfigError, match=r"model\.fp8.*Transformer Engine"):
         validate(cfg, te_available=False)
     validate(cfg, te_available=True)  # fine where TE exists
+
+
+@pytest.mark.parametrize("key, value", [("model.params_dtype", "float32"), ("rollout.dtype", "float16")])
+def test_fp8_trains_bf16_parameters_and_syncs_bf16_to_the_engine(key, value):
+    with pytest.raises(ConfigError, match=rf"model\.fp8='hybrid'.*set {key}=bfloat16 \(got '{value}'\)"):
+        load_config(None, TINY + ["model.fp8=hybrid", "model.params_dtype=bfloat16", "rollout.dtype=bfloat16",
+                                  f"{key}={value}"])
 
 
 def test_transformer_engine_impl_without_transformer_engine():

@@ -114,3 +114,15 @@ def test_cli_errors(tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert vopd("data", "synth", "--out", str(tmp_path / "s"), "--n", "0") == 1
     assert vopd("data") == 0  # prints help
+
+
+def test_cli_synth_writes_a_disjoint_held_out_split_in_the_demo_format(tmp_path):
+    out = tmp_path / "s"
+    assert vopd("data", "synth", "--out", str(out), "--n", "4", "--size", "64", "--answer-format", "color") == 0
+    assert vopd("data", "synth", "--out", str(out), "--n", "4", "--size", "64", "--answer-format", "color",
+                "--jsonl-name", "eval.jsonl", "--start", "1000") == 0
+    train = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (out / "eval.jsonl").read_text().splitlines()]
+    assert len(train) == len(held_out) == 4
+    assert not {r["images"][0] for r in train} & {r["images"][0] for r in held_out}
+    assert all("The color is" in r["problem"] for r in train + held_out)

@@ -40,6 +40,17 @@ def test_fp8_settings_map_format_and_recipe(tiny):
     assert fp8_settings(tiny) == {"fp8": "e4m3", "fp8_recipe": "blockwise", "fp8_param": False}
 
 
+@pytest.mark.parametrize("fmt", ["e4m3", "hybrid"])
+@pytest.mark.parametrize("recipe", ["delayed", "tensorwise", "blockwise"])
+def test_fp8_format_and_recipe_reach_megatrons_transformer_config(tiny, fmt, recipe):
+    """Every FP8 format x recipe is accepted by megatron-core's own TransformerConfig checks and lands there
+    unchanged; the parameters stay bf16 (FP8 is compute-only, so weight sync sends bf16)."""
+    tiny.params_dtype, tiny.fp8, tiny.fp8_recipe = "bfloat16", fmt, recipe
+    cfg = transformer_config(tiny, ParallelConfig(tensor_model_parallel_size=2), "transformer_engine")
+    assert (cfg.fp8, cfg.fp8_recipe, cfg.fp8_param) == (fmt, recipe, False)
+    assert cfg.bf16 and cfg.params_dtype == torch.bfloat16
+
+
 def test_transformer_config_is_qwen2_decoder(tiny):
     cfg = transformer_config(tiny, ParallelConfig(tensor_model_parallel_size=2, pipeline_model_parallel_size=2), "local")
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.num_query_groups, cfg.kv_channels) == \

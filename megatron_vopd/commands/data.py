@@ -45,7 +45,7 @@ def _cmd_synth(args) -> int:
         return 1
     path = synthesize(args.out, args.n, args.seed, size=args.size, crop_margin=args.crop_margin,
                       min_crop_size=args.min_crop_size, num_distractors=args.distractors,
-                      answer_format=args.answer_format, log=print)
+                      answer_format=args.answer_format, jsonl_name=args.jsonl_name, start=args.start, log=print)
     print(f"wrote {args.n} synthetic scenes ({args.size}x{args.size}, seed {args.seed}) to {path}")
     print(f"next: vopd data prepare --src {args.out} --out {os.path.join(args.out, 'train.parquet')}")
     return 0
@@ -80,7 +80,11 @@ def register(subparsers) -> argparse.ArgumentParser:
     s.add_argument("--crop-margin", type=float, default=0.5, help="crop context around the box, fraction of its side")
     s.add_argument("--min-crop-size", type=int, default=None, help="minimum crop side in pixels (default: size/4)")
     s.add_argument("--distractors", type=int, default=24, help="distractor objects outside the box (default 24)")
-    s.add_argument("--answer-format", choices=("letter", "sentence"), default="letter",
-                   help="letter: Vision-OPD-6K's instruction; sentence: name the colour, then the letter")
+    s.add_argument("--answer-format", choices=("letter", "sentence", "color"), default="letter",
+                   help="letter: Vision-OPD-6K's instruction; sentence: name the colour, then the letter; "
+                        "color: name the colour only (the demo's format)")
+    s.add_argument("--jsonl-name", default="train.jsonl", help="jsonl file to write inside --out (default train.jsonl)")
+    s.add_argument("--start", type=int, default=0,
+                   help="index of the first scene: another --start and --jsonl-name give a disjoint split")
     s.set_defaults(func=_cmd_synth)
     return data

@@ -211,7 +211,7 @@ class Trainer:
                     for s in per] for per, p in zip(samples, prompts)]
         counts = Counter(a for per in answers for a in per)
         total = sum(counts.values())
-        entropy = -sum(c / total * math.log(c / total) for c in counts.values()) if total else 0.0
+        entropy = sum(c / total * math.log(total / c) for c in counts.values()) if total else 0.0
         return {"answer_entropy": entropy, "unparsed": counts.get(None, 0) / max(total, 1)}
 
     # ------------------------------------------------------------------ evaluation and checkpoints
