@@ -11,7 +11,7 @@ demo: setup
 	.venv/bin/vopd demo
 
 test: setup
-	.venv/bin/python -m pytest -q -ra
+	.venv/bin/python -m pytest -q -ra --durations=15
 	.venv-launcher/bin/python -m pytest -q -ra launch/tests
 
 test-fast: setup

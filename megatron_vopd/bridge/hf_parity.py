@@ -48,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--atol", type=float, default=1e-4)
     args = ap.parse_args(argv)
 
+    # an fp32 parity check: no TF32 (cuDNN convolutions, the vision patch embedding, default to it)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     cfg = read_model_config(args.ckpt)
     cfg.transformer_impl = "local"
     info = init_distributed(args.tp, args.pp, timeout_s=300)
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     load_model(model, args.ckpt)
     model.eval()
     batch = make_batch(cfg)
-    ours = forward_logits(model, batch)
+    ours = forward_logits(model, batch).cpu()
     if info.rank != 0:
         return 0
     theirs = transformers_logits(args.hf, batch)

@@ -57,6 +57,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from megatron_vopd.runtime.distributed import comm_device
+
 Tensor = torch.Tensor
 LogRatio = Tensor | Sequence[Tensor | None] | None
 
@@ -148,7 +150,7 @@ def num_valid_tokens(mask: Tensor | int, group=None) -> Tensor:
     is_mask = isinstance(mask, Tensor) and mask.dim() > 0
     count = (mask.bool().sum() if is_mask else torch.as_tensor(mask)).to(torch.int64).reshape(())
     if group is not None and dist.get_world_size(group) > 1:
-        count = count.clone()
+        count = count.to(comm_device(), copy=True)
         dist.all_reduce(count, group=group)
     return count
 

@@ -137,6 +137,9 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool
     ``init_weights=False`` for a model whose weights are loaded next (conversion, checkpoints)."""
     from megatron.core import parallel_state as ps
 
-    return Qwen25VLModel(model, parallel, pre_process=ps.is_pipeline_first_stage(),
-                         post_process=ps.is_pipeline_last_stage(), te_available=te_available,
-                         init_weights=init_weights)
+    stage = Qwen25VLModel(model, parallel, pre_process=ps.is_pipeline_first_stage(),
+                          post_process=ps.is_pipeline_last_stage(), te_available=te_available,
+                          init_weights=init_weights)
+    # Megatron's layers are created on the current CUDA device already; the vision tower (a
+    # transformers module) is created on the CPU and follows them here.
+    return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage

@@ -37,6 +37,11 @@ class ParallelInfo:
         return self.pp_rank == self.pp_size - 1
 
 
+def comm_device() -> torch.device:
+    """Where tensors handed to collectives live: the current CUDA device (nccl), else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -56,9 +61,10 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234, timeout_s: int 
         if "RANK" not in os.environ:  # a plain `python` process: a world of one
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
                               MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else None
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(seconds=timeout_s), device_id=device)
     world = dist.get_world_size()
     if world % (tp * pp):
         raise ValueError(

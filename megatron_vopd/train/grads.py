@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from megatron_vopd.runtime.distributed import comm_device
+
 
 def _counted_once(param) -> bool:
     from megatron.core import parallel_state as ps
@@ -24,10 +26,10 @@ def grad_norm(model) -> float:
 
     grads = [p.main_grad if hasattr(p, "main_grad") else p.grad for p in model.parameters() if _counted_once(p)]
     grads = [g.detach() for g in grads if g is not None]
-    total = torch.zeros((), dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64, device=comm_device())
     if grads:  # per-tensor norms in the gradients' dtype (one fused pass), their squares summed in fp64
         norms = torch.stack(torch._foreach_norm(grads)).double()
-        total += norms.pow(2).sum().cpu()
+        total += norms.pow(2).sum().to(total.device)
     dist.all_reduce(total, group=ps.get_model_parallel_group())
     return float(total.sqrt())
 

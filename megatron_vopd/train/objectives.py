@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_vopd.distill.vocab_parallel import vocab_parallel_generalized_jsd_loss, vocab_parallel_token_stats
+from megatron_vopd.runtime.distributed import comm_device
 from megatron_vopd.train.schedule import forward_backward, from_last_stage
 
 
@@ -53,7 +54,7 @@ def _reduced(sums: dict, dp_group) -> dict:
 
     if ps.is_pipeline_last_stage() and sums:
         keys = sorted(sums)
-        vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64)
+        vec = torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64, device=comm_device())
         if dp_group is not None and dist.get_world_size(dp_group) > 1:
             dist.all_reduce(vec, group=dp_group)
         sums = dict(zip(keys, vec.tolist()))

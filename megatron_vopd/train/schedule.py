@@ -22,7 +22,7 @@ def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, 
     batches = iter(microbatches)
 
     def forward_step(data_iterator, stage_model):
-        batch = next(data_iterator)
+        batch = on_device(next(data_iterator), next(stage_model.parameters()).device)
         output = stage_model(**{k: batch.get(k) for k in MODEL_INPUTS})
         return output, lambda out: loss_fn(out, batch)
 
@@ -37,6 +37,11 @@ def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, 
         micro_batch_size=batch_size,
         forward_only=forward_only,
     )
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """The micro-batch's tensors on the model's device (batches are built on the CPU; a no-op there)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def cross_entropy_loss(per_token_loss: torch.Tensor, batch: dict):
