@@ -8,6 +8,9 @@ Every rank draws the same full ``[N, V]`` student/teacher logits (fp64), keeps i
 loss and the all-gathered student-logit gradient with :func:`generalized_jsd_loss` on the full
 logits, for top_k in {None, 5, 15} x alpha in {0, 0.5, 1} (plus temperature, in-place gradient,
 "sum" reduction, nothing valid, bf16). Chunks of 4 tokens do not divide the 9 valid positions.
+It also checks the no-grad token statistics the trainer logs and weighs with: the sampled tokens'
+log-probs (:func:`vocab_parallel_token_stats`, at temperature 0.7) against ``log_softmax`` of the
+full logits, and the argmax ids (:func:`vocab_parallel_argmax`) against ``argmax`` of the full logits.
 Global rank 0 prints one line ``RESULT {json}``; the exit code is 1 when a difference exceeds the
 tolerance (1e-6 in fp64; for bf16 1e-5 relative on the loss, 1e-2 of the largest gradient).
 """
@@ -22,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from megatron_vopd.distill.loss import generalized_jsd_loss
-from megatron_vopd.distill.vocab_parallel import vocab_parallel_generalized_jsd_loss
+from megatron_vopd.distill.vocab_parallel import (vocab_parallel_argmax, vocab_parallel_generalized_jsd_loss,
+                                                  vocab_parallel_token_stats)
 from megatron_vopd.runtime import init_distributed
 
 N, V = 13, 22
@@ -80,6 +84,19 @@ def run_case(case: dict, tp_rank: int, tp_size: int, seed: int) -> dict:
     return {**case, "loss": ref_loss.item(), "loss_diff": loss_diff, "grad_diff": grad_diff, "ok": ok}
 
 
+def run_stats(tp_rank: int, tp_size: int, seed: int) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(N, V, generator=g, dtype=torch.float64) * 3
+    targets = torch.randint(0, V, (N,), generator=g)
+    width = V // tp_size
+    local = logits[:, tp_rank * width:(tp_rank + 1) * width].clone()
+    logp, argmax = vocab_parallel_token_stats(local, targets, temperature=0.7, chunk_tokens=4)
+    ref = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, targets[:, None])[:, 0]
+    logp_diff = (logp - ref).abs().max().item()
+    argmax_ok = torch.equal(argmax, logits.argmax(-1)) and torch.equal(vocab_parallel_argmax(local), logits.argmax(-1))
+    return {"stats": True, "logprob_diff": logp_diff, "argmax_equal": argmax_ok, "ok": logp_diff <= TOL and argmax_ok}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tp", type=int, default=2, help="tensor-parallel size (V=%d must divide)" % V)
@@ -87,7 +104,8 @@ def main(argv=None) -> int:
     info = init_distributed(tp=args.tp, pp=1, seed=0)
     results = [run_case(case, info.tp_rank, info.tp_size, seed=i) for i, case in enumerate(cases())]
     fp64 = [r for r in results if r.get("dtype", "float64") == "float64"]
-    summary = {"tp": info.tp_size, "cases": results, "ok": all(r["ok"] for r in results),
+    stats = run_stats(info.tp_rank, info.tp_size, seed=len(results))
+    summary = {"tp": info.tp_size, "cases": results, "stats": stats, "ok": all(r["ok"] for r in results) and stats["ok"],
                "max_loss_diff": max(r["loss_diff"] for r in fp64), "max_grad_diff": max(r["grad_diff"] for r in fp64)}
     if info.rank == 0:
         print("RESULT " + json.dumps(summary), flush=True)

@@ -285,6 +285,12 @@ def _write_rows(grad: Tensor, rows: _Rows, chunk_grad: Tensor) -> None:
 
 
 @torch.no_grad()
+def vocab_parallel_argmax(logits: Tensor, *, tp_group=None) -> Tensor:
+    """The argmax id ``[N]`` (global) of sharded logits ``[N, V/TP]`` on every rank of the TP group
+    (reads the logits in place; temperature does not move an argmax)."""
+    return _TensorParallel.resolve(tp_group).topk_ids(logits, 1)[:, 0]
+
+
 def vocab_parallel_token_stats(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, tp_group=None,
                                chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
     """No-grad statistics of sharded logits ``[N, V/TP]``: the log-prob of ``targets [N]`` (global ids)

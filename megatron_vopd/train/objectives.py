@@ -27,7 +27,8 @@ import time
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.distill.vocab_parallel import vocab_parallel_generalized_jsd_loss, vocab_parallel_token_stats
+from megatron_vopd.distill.vocab_parallel import (vocab_parallel_argmax, vocab_parallel_generalized_jsd_loss,
+                                                  vocab_parallel_token_stats)
 from megatron_vopd.runtime.distributed import comm_device
 from megatron_vopd.train.schedule import forward_backward, from_last_stage
 
@@ -77,9 +78,7 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
 
         def keep(out, batch):
             teacher_logits[batch["index"]] = out.detach()
-            _, teacher_argmax[batch["index"]] = vocab_parallel_token_stats(out.detach(), batch["targets"],
-                                                                          temperature=distill.temperature,
-                                                       chunk_tokens=distill.loss_chunk_tokens)
+            teacher_argmax[batch["index"]] = vocab_parallel_argmax(out.detach())
             return out.sum() * 0, {}
 
         t0 = time.perf_counter()
