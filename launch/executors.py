@@ -95,7 +95,7 @@ def executor(opts: LaunchOptions, stage: Stage) -> run.Executor:
                   if opts.ssh_host else run.LocalTunnel(job_dir=job_dir))
         return run.SlurmExecutor(
             account=opts.account, partition=opts.partition or None, time=opts.time, nodes=nodes,
-            ntasks_per_node=procs, gpus_per_node=opts.gpus_per_node, exclusive=True,
+            ntasks_per_node=procs, gpus_per_node=opts.gpus_per_node, exclusive=True, job_name_prefix="vopd.",
             container_image=opts.image, container_mounts=list(opts.mounts), env_vars=env, tunnel=tunnel,
             launcher=launcher, packager=run.GitArchivePackager())
     return run.DockerExecutor(

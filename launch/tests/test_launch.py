@@ -54,7 +54,7 @@ def test_slurm_dryrun_has_torchrun_nodes_gpus_image_mounts_and_env(tmp_path):
     sbatch = res.stdout
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --account=vopd-acc", "#SBATCH --partition=batch", "#SBATCH --time=06:00:00",
-                 "#SBATCH --exclusive", "export HF_HOME=/data/hf", "export CUDA_DEVICE_MAX_CONNECTIONS=1",
+                 "#SBATCH --exclusive", "#SBATCH --job-name=vopd.train", "export HF_HOME=/data/hf", "export CUDA_DEVICE_MAX_CONNECTIONS=1",
                  "export TORCH_NCCL_AVOID_RECORD_STREAMS=1"):
         assert line in sbatch, line
     srun = next(line for line in sbatch.splitlines() if line.startswith("srun") and "torchrun" in line)
