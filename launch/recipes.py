@@ -22,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from megatron_vopd.config import ConfigError, VopdConfig, load_config, validate
+from megatron_vopd.config import ConfigError, load_config, validate
+from megatron_vopd.demo import EVAL_SCENES, EVAL_START, SIZE, TRAIN_SCENES
 
 REPO = Path(__file__).resolve().parent.parent
 TRAINER = "megatron_vopd.train.trainer"
@@ -46,21 +47,20 @@ class Recipe:
     description: str
     nodes: int  # default --nodes
     gpus_per_node: int  # default --gpus-per-node (processes per node on the CPU)
-    gpu: bool  # needs GPUs (the scale-out recipes) or runs on the CPU (the demo)
 
 
 SCALEOUT_NODES = {"qwen2.5-vl-3b": 1, "qwen2.5-vl-7b": 1, "qwen2.5-vl-32b": 4, "qwen2.5-vl-72b": 8}
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe("demo", "tiny Qwen2.5-VL on synthetic scenes: data -> crop warm-up -> Vision-OPD (CPU)",
-                   nodes=1, gpus_per_node=2, gpu=False),
+                   nodes=1, gpus_per_node=2),
     **{name: Recipe(name, f"Vision-OPD at scale: configs/scaleout/{name}.yaml on H100 nodes",
-                    nodes=nodes, gpus_per_node=8, gpu=True)
+                    nodes=nodes, gpus_per_node=8)
        for name, nodes in SCALEOUT_NODES.items()},
 }
 
-# The demo's data: as vopd demo (megatron_vopd/demo.py), smaller for a distributed first try.
-DEMO_TRAIN_SCENES, DEMO_EVAL_SCENES, DEMO_SIZE = 1024, 200, 224
+# The demo's data: as vopd demo (megatron_vopd/demo.py; torch-free at import).
+DEMO_TRAIN_SCENES, DEMO_EVAL_SCENES, DEMO_SIZE = TRAIN_SCENES, EVAL_SCENES, SIZE
 
 
 def get_recipe(name: str) -> Recipe:
@@ -92,18 +92,17 @@ def _demo_stages(overrides: list[str], out: str, procs: int, scenes: int, eval_s
     return [
         Stage("data-train", CLI, (*synth, "--n", str(scenes))),
         Stage("data-eval", CLI, (*synth, "--n", str(eval_scenes), "--jsonl-name", "eval.jsonl",
-                                 "--start", "100000")),
+                                 "--start", str(EVAL_START))),
         Stage("warmup", TRAINER, ("configs/demo-warmup.yaml", *warmup, *overrides), distributed=True,
               config="configs/demo-warmup.yaml"),
         Stage("opd", TRAINER, ("configs/demo.yaml", *opd, *overrides), distributed=True, config="configs/demo.yaml"),
     ]
 
 
-def check_stage_configs(run_stages: list[Stage], world_size: int, te_available: bool | None) -> list[VopdConfig]:
+def check_stage_configs(run_stages: list[Stage], world_size: int, te_available: bool | None) -> None:
     """Loads and validates every trainer stage's recipe + overrides for ``world_size`` processes.
 
     Raises ConfigError naming the stage and the key, before anything is submitted."""
-    configs = []
     for stage in run_stages:
         if stage.config is None:
             continue
@@ -113,5 +112,3 @@ def check_stage_configs(run_stages: list[Stage], world_size: int, te_available: 
             validate(cfg, world_size=world_size, te_available=te_available)
         except ConfigError as e:
             raise ConfigError(f"stage {stage.name!r} ({stage.config}): {e}") from None
-        configs.append(cfg)
-    return configs

@@ -27,6 +27,7 @@ from megatron_vopd.config import CONFIGS_DIR
 WARMUP_RECIPE = CONFIGS_DIR / "demo-warmup.yaml"
 OPD_RECIPE = CONFIGS_DIR / "demo.yaml"
 TRAIN_SCENES, EVAL_SCENES, SEED, SIZE = 1024, 200, 0, 224
+EVAL_START = 100_000  # held-out scenes are numbered from here: disjoint from the training scenes
 
 
 def _stage(title: str, recipe: Path, overrides: list[str]) -> float:
@@ -52,7 +53,7 @@ def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_ste
           flush=True)
     train = synthesize(data, TRAIN_SCENES, SEED, size=SIZE, answer_format="color")
     held_out = synthesize(data, EVAL_SCENES, SEED, size=SIZE, answer_format="color", jsonl_name="eval.jsonl",
-                          start=100_000)
+                          start=EVAL_START)
     common = [f"data.train_file={train}", f"data.eval_file={held_out}"]
     warm = [*common, f"checkpoint.dir={root / 'warmup'}", f"logging.jsonl_path={root / 'warmup' / 'metrics.jsonl'}"]
     if warmup_steps:

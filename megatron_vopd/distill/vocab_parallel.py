@@ -291,6 +291,7 @@ def vocab_parallel_argmax(logits: Tensor, *, tp_group=None) -> Tensor:
     return _TensorParallel.resolve(tp_group).topk_ids(logits, 1)[:, 0]
 
 
+@torch.no_grad()
 def vocab_parallel_token_stats(logits: Tensor, targets: Tensor, *, temperature: float = 1.0, tp_group=None,
                                chunk_tokens: int = 2048) -> tuple[Tensor, Tensor]:
     """No-grad statistics of sharded logits ``[N, V/TP]``: the log-prob of ``targets [N]`` (global ids)
