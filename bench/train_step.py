@@ -22,7 +22,8 @@ responses on the student view (strictly on-policy), so the importance weights
   ``micro_batches`` of the student and teacher views (``--budget`` tokens), ``objectives.vision_opd``
   with an EMA teacher (``Teacher("ema", ...)``; generalised JSD alpha 0.5, top-k 100 + tail, IS clip 2,
   only the response rows reach the output layer, chunked vocab-parallel loss with in-place gradient),
-  ``clip_grad_norm`` (1.0), AdamW (``build_optimizer``, lr from ``lr_at``), ``teacher.update``.
+  through Megatron DDP (fp32 main grads), then ``StudentOptimizer.step`` (``build_optimizer``: Megatron's
+  optimizer, clip 1.0, AdamW at ``lr_at``), ``teacher.update``.
 * ``naive``: the same weights (exported with ``save_hf_weights``) loaded into transformers'
   ``Qwen2_5_VLForConditionalGeneration`` (fp32, ``--attn`` sdpa by default) plus a ``deepcopy`` as the EMA
   teacher. Per micro-batch (the SAME micro-batches as ours): teacher forward under no_grad with FULL
@@ -53,7 +54,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -183,22 +183,16 @@ class Ours:
         self.model.train()
         self.teacher = Teacher("ema", self.model, lambda: build_model(cfg, ParallelConfig(), init_weights=False),
                                distill.ema_rate)
-        self.optimizer = build_optimizer(self.model, opt_cfg)
+        self.optimizer = build_optimizer(self.model, opt_cfg, cfg)
         self.distill, self.opt_cfg, self.step_i = distill, opt_cfg, 0
 
     def step(self, mbs, total_rows):
         from megatron_vopd.train import objectives
-        from megatron_vopd.train.grads import clip_grad_norm
-        from megatron_vopd.train.optim import allreduce_gradients, lr_at, set_lr
 
-        metrics = objectives.vision_opd(self.model, self.teacher.model, mbs, distill=self.distill,
+        self.optimizer.zero_grad()
+        metrics = objectives.vision_opd(self.optimizer.ddp, self.teacher.model, mbs, distill=self.distill,
                                         total_rows=total_rows, dp_group=None)
-        allreduce_gradients(self.model, None)
-        norm = clip_grad_norm(self.model, self.opt_cfg.clip_grad)
-        set_lr(self.optimizer, lr_at(self.step_i, self.opt_cfg))
-        if math.isfinite(norm):
-            self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = self.optimizer.step(self.step_i)["grad_norm"]
         self.teacher.update(self.model)
         self.step_i += 1
         return {"loss": metrics["loss"], "anchor": metrics.get("loss/anchor", 0.0), "grad_norm": norm}

@@ -187,6 +187,9 @@ class OptimizerConfig:
     min_lr: float = 0.0  # floor of the cosine schedule
     micro_batch_tokens: int = 9216  # tokens per micro-batch per GPU (dynamic batching)
     train_steps: int = 65  # optimiser steps (~1 epoch of Vision-OPD-6K at 96 prompts/step)
+    distributed: bool = False  # Megatron's distributed optimizer: fp32 masters and Adam moments sharded over data parallelism
+    overlap_grad_reduce: bool = False  # start each gradient bucket's DP reduction during the backward pass
+    grad_bucket_size: int | None = None  # parameters per DDP gradient bucket (overlap only); None = Megatron's default, max(4e7, 1e6 * DP)
 
 
 @dataclass
@@ -594,6 +597,11 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(o.clip_grad >= 0, f"optimizer.clip_grad={o.clip_grad} must be >= 0 (0 = off)")
     check(o.warmup_steps >= 0, f"optimizer.warmup_steps={o.warmup_steps} must be >= 0")
     check(0 <= o.min_lr <= o.lr, f"optimizer.min_lr={o.min_lr} must be in [0, optimizer.lr={o.lr}]")
+    check(o.grad_bucket_size is None or o.grad_bucket_size > 0,
+          f"optimizer.grad_bucket_size={o.grad_bucket_size} must be > 0 or null (Megatron's default)")
+    check(o.grad_bucket_size is None or o.overlap_grad_reduce,
+          f"optimizer.grad_bucket_size={o.grad_bucket_size} has no effect without optimizer.overlap_grad_reduce=true "
+          "(without overlap Megatron reduces all gradients in one bucket after the backward pass)")
     longest = d.max_prompt_length + d.max_response_length
     check(o.micro_batch_tokens >= longest,
           f"optimizer.micro_batch_tokens={o.micro_batch_tokens} must hold one full sequence: "

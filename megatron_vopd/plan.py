@@ -6,13 +6,17 @@
 Parameters (:func:`parameter_counts`) are exact for the Qwen2.5-VL architecture (checked against
 transformers' model in tests/test_plan.py).
 
-Training state, per parameter held by a rank (``n`` = parameters on that rank):
+Training state, per parameter held by a rank (``n`` = parameters on that rank, ``w`` = bytes of
+``model.params_dtype``: 2 for bf16/fp16, 4 for fp32), what ``train/optim.py`` builds:
 
-- weights: bf16, ``2 n``
-- gradients: fp32 main grads of Megatron DDP, ``4 n``
-- optimizer: AdamW fp32 master + exp_avg + exp_avg_sq, ``12 n``; with the distributed optimizer
-  (``distributed_optimizer=True``, ``--distributed-optimizer``) ``ceil(12 n / DP)``
-- teacher: the EMA (or frozen) teacher copy, bf16 with the same sharding, ``2 n``; 0 for
+- weights: ``w n``
+- gradients: the fp32 main-grad buffer of Megatron's DDP, ``4 n`` (full on every rank, also with the
+  distributed optimizer, which reduce-scatters inside it)
+- masters: fp32 master weights of bf16/fp16 parameters, ``4 n``; 0 for fp32 parameters (their own
+  masters); with the distributed optimizer (``optimizer.distributed``) ``ceil(4 n / DP)``
+- optimizer: AdamW exp_avg + exp_avg_sq in fp32, ``8 n``; distributed ``ceil(8 n / DP)``
+- teacher: the EMA (or frozen) teacher copy in the model dtype, ``w n``; plus, for an EMA teacher with
+  bf16/fp16 weights, its fp32 copy (``teacher_ema32``, ``4 n``, not sharded); 0 for
   ``distill.teacher=current`` (the student's own weights under no_grad)
 
 Which parameters a rank holds: each decoder layer is split over TP (``ceil(layer / TP)``, norms
@@ -56,10 +60,12 @@ from megatron_vopd.config import ConfigError, ModelConfig, VopdConfig
 
 GIB = 1024**3
 
-BYTES_WEIGHT = 2  # bf16
+BYTES_WEIGHT = 2  # bf16: the rollout engine's weights
+BYTES_PARAM = {"bfloat16": 2, "float16": 2, "float32": 4}  # the training weights, by model.params_dtype
 BYTES_GRAD = 4  # fp32 main grads (Megatron DDP)
-BYTES_OPTIMIZER = 12  # fp32 master + exp_avg + exp_avg_sq
-BYTES_TEACHER = 2  # bf16 EMA / frozen teacher copy
+BYTES_MASTER = 4  # fp32 master weights of half-precision parameters
+BYTES_MOMENTS = 8  # AdamW exp_avg + exp_avg_sq, fp32
+BYTES_EMA32 = 4  # the fp32 copy of a half-precision EMA teacher
 
 
 # --------------------------------------------------------------------------- parameters
@@ -105,6 +111,8 @@ def parameter_counts(model: ModelConfig) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- one layout
 
+TRAINING_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32", "activations", "logits")
+
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
@@ -147,32 +155,39 @@ def activation_bytes(model: ModelConfig, tokens: int, tp: int, pp: int, stage: s
 
 
 def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp: int, gpu_gib: float = 80,
-                distributed_optimizer: bool = False, flash_attention: bool = True) -> dict[str, Any]:
-    """Per-GPU bytes of one (TP, PP) layout on the worst stage, plus the rollout's KV cache and `fits`."""
+                distributed_optimizer: bool | None = None, flash_attention: bool = True) -> dict[str, Any]:
+    """Per-GPU bytes of one (TP, PP) layout on the worst stage, plus the rollout's KV cache and `fits`.
+
+    ``distributed_optimizer`` None: the config's ``optimizer.distributed``."""
     m, r = cfg.model, cfg.rollout
     world = nodes * gpus_per_node
     if tp < 1 or pp < 1 or world % (tp * pp):
         raise ConfigError(f"TP * PP = {tp} * {pp} does not divide the world size {world} ({nodes} x {gpus_per_node})")
     dp = world // (tp * pp)
     tokens = cfg.optimizer.micro_batch_tokens
+    if distributed_optimizer is None:
+        distributed_optimizer = cfg.optimizer.distributed
+    shard = (lambda b: _ceil_div(b, dp)) if distributed_optimizer else (lambda b: b)
+    w = BYTES_PARAM[m.params_dtype]
+    half = m.params_dtype != "float32"
     teacher_copy = cfg.distill.teacher != "current"
 
     def stage_plan(stage: str) -> dict[str, Any]:
         n = stage_params(m, tp, pp, stage)
-        opt = BYTES_OPTIMIZER * n
         plan = {
             "stage": stage,
             "params": n,
-            "weights": BYTES_WEIGHT * n,
+            "weights": w * n,
             "gradients": BYTES_GRAD * n,
-            "optimizer": _ceil_div(opt, dp) if distributed_optimizer else opt,
-            "teacher": BYTES_TEACHER * n if teacher_copy else 0,
+            "masters": shard(BYTES_MASTER * n) if half else 0,
+            "optimizer": shard(BYTES_MOMENTS * n),
+            "teacher": w * n if teacher_copy else 0,
+            "teacher_ema32": BYTES_EMA32 * n if half and cfg.distill.teacher == "ema" else 0,
             "activations": activation_bytes(m, tokens, tp, pp, stage, sequence_parallel=cfg.parallel.sequence_parallel,
                                             flash_attention=flash_attention),
             "logits": tokens * _ceil_div(m.vocab_size, tp) * 4 if stage in ("last", "only") else 0,
         }
-        plan["training_total"] = sum(plan[k] for k in ("weights", "gradients", "optimizer", "teacher",
-                                                       "activations", "logits"))
+        plan["training_total"] = sum(plan[k] for k in TRAINING_PARTS)
         return plan
 
     stages = ["only"] if pp == 1 else ["first", "last"]
@@ -211,10 +226,11 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
 
 
 def candidate_layouts(cfg: VopdConfig, nodes: int, gpus_per_node: int, *, gpu_gib: float = 80,
-                      distributed_optimizer: bool = False) -> list[dict[str, Any]]:
+                      distributed_optimizer: bool | None = None) -> list[dict[str, Any]]:
     """Every (TP, PP) with TP dividing the heads and KV groups, TP <= gpus_per_node, PP dividing the
-    layers and TP * PP dividing the world size, each with its plan; fitting layouts first, then by
-    training memory."""
+    layers and TP * PP dividing the world size, each with its plan; fitting layouts first, then the
+    most data-parallel (the fastest: least model-parallel communication and pipeline bubble; TP before
+    PP on equal size, TP stays inside a node), then by training memory."""
     m = cfg.model
     world = nodes * gpus_per_node
     plans = []
@@ -226,7 +242,7 @@ def candidate_layouts(cfg: VopdConfig, nodes: int, gpus_per_node: int, *, gpu_gi
                 continue
             plans.append(memory_plan(cfg, nodes=nodes, gpus_per_node=gpus_per_node, tp=tp, pp=pp, gpu_gib=gpu_gib,
                                      distributed_optimizer=distributed_optimizer))
-    plans.sort(key=lambda p: (not p["fits"], p["training_total"], p["tp"] * p["pp"]))
+    plans.sort(key=lambda p: (not p["fits"], p["tp"] * p["pp"], p["pp"], p["training_total"]))
     return plans
 
 
@@ -244,12 +260,15 @@ def format_plan(plan: dict[str, Any], name: str = "") -> str:
             f"worst stage: {plan['stage']}, micro-batch {plan['micro_batch_tokens']} tokens, "
             f"recompute={'on' if plan['recompute'] else 'off'}, "
             f"optimizer {'distributed over DP' if plan['distributed_optimizer'] else 'not distributed'}")
+    w = {2: "bf16", 4: "fp32"}.get(plan["weights"] // max(plan["params"], 1), "")
     rows = [
         ("parameters on this GPU", f"{plan['params'] / 1e9:.3f} B"),
-        ("weights (bf16)", _gib(plan["weights"]) + " GiB"),
+        (f"weights ({w})", _gib(plan["weights"]) + " GiB"),
         ("gradients (fp32 main grads)", _gib(plan["gradients"]) + " GiB"),
-        ("optimizer (AdamW fp32 x3)", _gib(plan["optimizer"]) + " GiB"),
-        ("teacher / EMA copy (bf16)", _gib(plan["teacher"]) + " GiB"),
+        ("master weights (fp32)", _gib(plan["masters"]) + " GiB"),
+        ("optimizer (AdamW moments, fp32 x2)", _gib(plan["optimizer"]) + " GiB"),
+        ("teacher / EMA copy", _gib(plan["teacher"]) + " GiB"),
+        ("teacher EMA fp32 copy", _gib(plan["teacher_ema32"]) + " GiB"),
         ("activations", _gib(plan["activations"]) + " GiB"),
         ("logits (fp32)", _gib(plan["logits"]) + " GiB"),
         ("training total", _gib(plan["training_total"]) + " GiB"),
@@ -268,13 +287,13 @@ def format_plan(plan: dict[str, Any], name: str = "") -> str:
 
 def format_table(plans: list[dict[str, Any]]) -> str:
     """The candidate layouts, one per row, GiB per GPU (worst stage)."""
-    cols = [("TP", 3), ("PP", 3), ("DP", 4), ("stage", 6), ("weights", 8), ("grads", 8), ("optim", 8),
-            ("teacher", 8), ("activ", 8), ("logits", 8), ("train", 8), ("budget", 8), ("KV GiB", 8),
+    cols = [("TP", 3), ("PP", 3), ("DP", 4), ("stage", 6), ("weights", 8), ("grads", 8), ("masters", 8),
+            ("optim", 8), ("teacher", 8), ("activ", 8), ("logits", 8), ("train", 8), ("budget", 8), ("KV GiB", 8),
             ("KV tokens", 11), ("fits", 4)]
     lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
     for p in plans:
-        vals = [p["tp"], p["pp"], p["dp"], p["stage"], _gib(p["weights"]), _gib(p["gradients"]), _gib(p["optimizer"]),
-                _gib(p["teacher"]), _gib(p["activations"]), _gib(p["logits"]), _gib(p["training_total"]),
+        vals = [p["tp"], p["pp"], p["dp"], p["stage"], _gib(p["weights"]), _gib(p["gradients"]), _gib(p["masters"]),
+                _gib(p["optimizer"]), _gib(p["teacher"] + p["teacher_ema32"]), _gib(p["activations"]), _gib(p["logits"]), _gib(p["training_total"]),
                 _gib(p["training_budget"]), _gib(p["kv_cache"]), f"{p['kv_tokens']:,}", "yes" if p["fits"] else "no"]
         lines.append("  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols)))
     return "\n".join(lines)

@@ -266,6 +266,9 @@ def test_world_size_not_divisible():
     ("data.tokenizer=qwen3.5", r"data\.tokenizer='qwen3\.5' does not match model\.arch"),
     ("rollout.max_tokens=2048", r"rollout\.max_tokens=2048 must be <= data\.max_response_length"),
     ("optimizer.micro_batch_tokens=4096", r"optimizer\.micro_batch_tokens=4096 must hold one full sequence"),
+    ("optimizer.grad_bucket_size=0", r"optimizer\.grad_bucket_size=0 must be > 0 or null"),
+    ("optimizer.grad_bucket_size=1000000", r"optimizer\.grad_bucket_size=1000000 has no effect without "
+                                           r"optimizer\.overlap_grad_reduce=true"),
 ])
 def test_impossible_combinations(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -275,3 +278,25 @@ def test_impossible_combinations(override, pattern):
 def test_defaults_validate():
     validate(VopdConfig(), world_size=1, te_available=False)
     assert ModelConfig().head_dim == 32
+
+
+def test_half_precision_without_master_weights_cannot_be_expressed():
+    """There is no switch for master weights: bf16/fp16 parameters always get them (train/optim.py)."""
+    with pytest.raises(ConfigError, match=r"unknown key 'optimizer\.master_weights'.*valid keys of 'optimizer'"):
+        load_config(None, TINY + ["model.params_dtype=bfloat16", "optimizer.master_weights=false"])
+
+
+@pytest.mark.parametrize("dtype, distributed, cuda, optimizer, masters, adam", [
+    ("bfloat16", False, True, "Float16OptimizerWithFloat16Params", "fp32, one copy per rank", "FusedAdam (Transformer Engine"),
+    ("bfloat16", True, True, "DistributedOptimizer", "fp32, sharded over data parallelism", "FusedAdam (Transformer Engine"),
+    ("float16", False, False, "Float16OptimizerWithFloat16Params", "fp32, one copy per rank", "CpuFusedAdam"),
+    ("float32", False, False, "FP32Optimizer", "the fp32 parameters themselves", "CpuFusedAdam"),
+    ("bfloat16", True, False, "DistributedOptimizer", "fp32, sharded over data parallelism", "CpuFusedAdam"),
+])
+def test_which_optimizer_is_built(dtype, distributed, cuda, optimizer, masters, adam):
+    from megatron_vopd.train.optim import describe
+
+    cfg = load_config(None, TINY + [f"model.params_dtype={dtype}", f"optimizer.distributed={str(distributed).lower()}"])
+    chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=cuda)
+    assert chosen["optimizer"] == optimizer and chosen["masters"] == masters and chosen["adam"].startswith(adam)
+    assert chosen["ddp"].startswith("megatron.core DistributedDataParallel (fp32 main grads")

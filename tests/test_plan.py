@@ -57,42 +57,50 @@ def _vision(out_hidden):  # Qwen2.5-VL vision tower of the 3B/7B: 32 blocks, 128
 
 
 def test_3b_recipe_by_hand():
-    """qwen2.5-vl-3b on 1 node: TP=2, PP=2, DP=2; the first stage (embedding + vision) is the worst."""
+    """qwen2.5-vl-3b on 1 node: TP=2, PP=1, DP=4 with the distributed optimizer; bf16 parameters."""
     cfg = load_config(SCALEOUT / "qwen2.5-vl-3b.yaml")
-    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (2, 2)
-    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2)
+    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (2, 1)
+    assert cfg.optimizer.distributed and cfg.model.params_dtype == "bfloat16"
+    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=1)
     # hidden 2048, ffn 11008, 16 heads, 2 KV heads, head dim 128, vocab 151936, 36 layers, tied
     layer = (2048 * (16 + 2 * 2) * 128 + (16 + 2 * 2) * 128) + 16 * 128 * 2048 + 3 * 2048 * 11008 + 2 * 2048
-    first_stage = 18 * math.ceil(layer / 2) + 151936 * 2048 // 2 + _vision(2048)
-    assert plan["stage"] == "first" and plan["params"] == first_stage
-    assert plan["weights"] == 2 * first_stage
-    assert plan["gradients"] == 4 * first_stage
-    assert plan["optimizer"] == 12 * first_stage
-    assert plan["teacher"] == 2 * first_stage  # EMA teacher
-    # full recompute, s = 9216 tokens: PP micro-batches in flight x 18 layer inputs (bf16) + one layer (34 s h / TP)
-    activations = 2 * 18 * (2 * 9216 * 2048) + 34 * 9216 * 2048 / 2
+    n = 36 * math.ceil(layer / 2) + 151936 * 2048 // 2 + _vision(2048) + 2048  # + final norm; tied: no lm head
+    assert plan["stage"] == "only" and plan["dp"] == 4 and plan["params"] == n
+    assert plan["weights"] == 2 * n  # bf16
+    assert plan["gradients"] == 4 * n  # fp32 main grads, full on every rank
+    assert plan["masters"] == math.ceil(4 * n / 4)  # fp32 masters sharded over DP=4
+    assert plan["optimizer"] == math.ceil(8 * n / 4)  # exp_avg + exp_avg_sq sharded over DP=4
+    assert plan["teacher"] == 2 * n and plan["teacher_ema32"] == 4 * n  # bf16 EMA teacher + its fp32 copy
+    # full recompute, s = 9216 tokens, PP=1: 36 layer inputs (bf16) + one layer (34 s h / TP)
+    activations = 36 * (2 * 9216 * 2048) + 34 * 9216 * 2048 / 2
     assert plan["activations"] == pytest.approx(activations, rel=0.10)
+    assert plan["logits"] == 9216 * (151936 // 2) * 4
     assert plan["fits"]
-    dist = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2, distributed_optimizer=True)
-    assert dist["optimizer"] == math.ceil(12 * first_stage / 2)
+    # without the distributed optimizer every rank holds all masters and moments
+    local = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=1, distributed_optimizer=False)
+    assert local["masters"] == 4 * n and local["optimizer"] == 8 * n
+    # fp32 parameters are their own masters, and an fp32 EMA teacher needs no extra copy
+    fp32 = memory_plan(load_config(SCALEOUT / "qwen2.5-vl-3b.yaml", ["model.params_dtype=float32"]),
+                       nodes=1, gpus_per_node=8, tp=2, pp=1)
+    assert (fp32["weights"], fp32["masters"], fp32["teacher"], fp32["teacher_ema32"]) == (4 * n, 0, 4 * n, 0)
 
 
 def test_7b_recipe_by_hand():
-    """qwen2.5-vl-7b on 1 node: TP=4, PP=2, DP=1."""
-    cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml")
-    assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (4, 2)
-    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=4, pp=2)
+    """qwen2.5-vl-7b on 1 node, planned at TP=2, PP=2, DP=2 with the distributed optimizer (two stages)."""
+    cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["rollout.gpu_memory_utilization=0.4"])
+    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2)
     # hidden 3584, ffn 18944, 28 heads, 4 KV heads, head dim 128, vocab 152064, 28 layers, untied
     layer = (3584 * (28 + 2 * 4) * 128 + (28 + 2 * 4) * 128) + 28 * 128 * 3584 + 3 * 3584 * 18944 + 2 * 3584
-    first_stage = 14 * math.ceil(layer / 4) + 152064 * 3584 // 4 + _vision(3584)
-    last_stage = 14 * math.ceil(layer / 4) + 3584 + 152064 * 3584 // 4
+    first_stage = 14 * math.ceil(layer / 2) + 152064 * 3584 // 2 + _vision(3584)
+    last_stage = 14 * math.ceil(layer / 2) + 3584 + 152064 * 3584 // 2
     assert first_stage > last_stage
-    assert plan["stage"] == "first" and plan["params"] == first_stage
+    assert plan["stage"] == "first" and plan["dp"] == 2 and plan["params"] == first_stage
     assert plan["weights"] == 2 * first_stage
     assert plan["gradients"] == 4 * first_stage
-    assert plan["optimizer"] == 12 * first_stage
-    assert plan["teacher"] == 2 * first_stage
-    activations = 2 * 14 * (2 * 9216 * 3584) + 34 * 9216 * 3584 / 4
+    assert plan["masters"] == math.ceil(4 * first_stage / 2)
+    assert plan["optimizer"] == math.ceil(8 * first_stage / 2)
+    assert plan["teacher"] == 2 * first_stage and plan["teacher_ema32"] == 4 * first_stage
+    activations = 2 * 14 * (2 * 9216 * 3584) + 34 * 9216 * 3584 / 2
     assert plan["activations"] == pytest.approx(activations, rel=0.10)
     # vLLM: 0.4 * 80 GiB minus the bf16 weights over rollout TP=2; KV 2 * 28 layers * 4 heads * 128 * 2 B / 2
     total_params = 28 * layer + 2 * 152064 * 3584 + 3584 + _vision(3584)
@@ -101,16 +109,33 @@ def test_7b_recipe_by_hand():
     assert plan["kv_cache"] == kv_budget
     assert plan["kv_tokens"] == kv_budget // (2 * 28 * 4 * 128 * 2 // 2)
     assert plan["training_budget"] == 80 * GIB - int(0.4 * 80 * GIB)
-    assert plan["fits"]
+    total = sum(plan[k] for k in ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32",
+                                  "activations", "logits"))
+    assert plan["training_total"] == total and plan["fits"]
     # the same model without recompute stores every layer: s h (34 + 5 a s / h) / TP per layer, x PP in flight
     no_rc = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["model.recompute=false"])
-    p = memory_plan(no_rc, nodes=1, gpus_per_node=8, tp=4, pp=2, flash_attention=False)
-    assert p["activations"] == pytest.approx(2 * 14 * 9216 * 3584 * (34 + 5 * 28 * 9216 / 3584) / 4, rel=0.10)
+    p = memory_plan(no_rc, nodes=1, gpus_per_node=8, tp=2, pp=2, flash_attention=False)
+    assert p["activations"] == pytest.approx(2 * 14 * 9216 * 3584 * (34 + 5 * 28 * 9216 / 3584) / 2, rel=0.10)
+
+
+def test_recipes_are_the_most_data_parallel_layout_that_fits():
+    """Each scale-out recipe's layout is the first fitting candidate (most data-parallel first) or, where
+    that one leaves under 10% of the training budget free, the next fitting one of the same DP size."""
+    for recipe, nodes in (("qwen2.5-vl-3b", 1), ("qwen2.5-vl-7b", 1), ("qwen2.5-vl-32b", 4), ("qwen2.5-vl-72b", 8)):
+        cfg = load_config(SCALEOUT / f"{recipe}.yaml")
+        fitting = [p for p in candidate_layouts(cfg, nodes, 8) if p["fits"]]
+        roomy = [p for p in fitting if p["dp"] == fitting[0]["dp"] and p["training_total"] <= 0.9 * p["training_budget"]]
+        best = (roomy or fitting)[0]
+        assert (cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size) == (best["tp"], best["pp"]), recipe
 
 
 def test_teacher_current_has_no_copy():
     cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["distill.teacher=current"])
-    assert memory_plan(cfg, nodes=1, gpus_per_node=8, tp=4, pp=2)["teacher"] == 0
+    plan = memory_plan(cfg, nodes=1, gpus_per_node=8, tp=2, pp=2)
+    assert plan["teacher"] == 0 and plan["teacher_ema32"] == 0
+    fixed = memory_plan(load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["distill.teacher=fixed"]), nodes=1, gpus_per_node=8,
+                        tp=2, pp=2)
+    assert fixed["teacher"] == 2 * fixed["params"] and fixed["teacher_ema32"] == 0  # frozen: no fp32 copy
 
 
 @pytest.mark.parametrize("recipe,nodes", [("qwen2.5-vl-3b", 1), ("qwen2.5-vl-7b", 1), ("qwen2.5-vl-32b", 4),
@@ -146,7 +171,7 @@ def test_cli_prints_plan_and_table(capsys):
     args = _parser().parse_args(["plan", "--recipe", "qwen2.5-vl-7b", "--nodes", "1"])
     assert args.func(args) == 0
     out = capsys.readouterr().out
-    assert "TP=4 PP=2 DP=1" in out and "vLLM KV cache" in out
+    assert "TP=4 PP=1 DP=2" in out and "vLLM KV cache" in out and "master weights (fp32)" in out
     assert "candidate layouts" in out and "KV tokens" in out
     table_rows = [line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "4 "))]
     assert len(table_rows) == len(candidate_layouts(load_config(SCALEOUT / "qwen2.5-vl-7b.yaml"), 1, 8))

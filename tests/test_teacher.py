@@ -62,3 +62,56 @@ def test_bad_settings_are_named(kwargs, match):
     args = dict(mode="ema", build_copy=build_copy, ema_rate=0.05) | kwargs
     with pytest.raises(ValueError, match=match):
         Teacher(args.pop("mode"), student(), **args)
+
+
+def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
+    """One unit in the last place of bf16 values (8 significant bits)."""
+    tiny = torch.finfo(torch.bfloat16).tiny
+    return torch.exp2(torch.floor(torch.log2(x.float().abs().clamp_min(tiny))) - 7)
+
+
+def within_one_ulp(ours: torch.Tensor, ref32: torch.Tensor) -> float:
+    ref = ref32.to(torch.bfloat16).float()
+    return float(((ours.float() - ref).abs() <= bf16_ulp(ref)).float().mean())
+
+
+def test_bf16_ema_teacher_moves_as_the_fp32_one():
+    """A bf16 EMA teacher (rate 0.05) follows a slowly moving student like an fp32 one: its fp32 copy keeps
+    the sub-ulp updates that a bf16 lerp rounds away. The student moves 1e-4 per step (lr-sized steps
+    of an update rounded into bf16 weights of magnitude ~0.02, where one bf16 ulp is ~1.2e-4)."""
+    torch.manual_seed(0)
+    init = torch.randn(256, 256) * 0.02
+    direction = torch.randn(256, 256).sign()
+    models = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("bf16 without copy", torch.bfloat16)):
+        student = torch.nn.Linear(256, 256, bias=False).to(dtype)
+        with torch.no_grad():
+            student.weight.copy_(init)
+        teacher = Teacher("ema", student, lambda d=dtype: torch.nn.Linear(256, 256, bias=False).to(d), ema_rate=0.05)
+        if name == "bf16 without copy":
+            teacher.ema32 = None  # the naive bf16 lerp, to show what the copy is for
+        models[name] = (student, teacher)
+    assert models["fp32"][1].ema32 is None and models["bf16"][1].ema32 is not None
+    master = init.clone()
+    for _ in range(40):
+        master += 1e-4 * direction  # the fp32 master; each student holds it in its own dtype
+        for student, teacher in models.values():
+            with torch.no_grad():
+                student.weight.copy_(master)
+            teacher.update(student)
+    ref = models["fp32"][1].model.weight.detach()
+    start = init.to(torch.bfloat16).float()
+    moved = {n: float((t.model.weight.detach().to(torch.bfloat16).float() != start).float().mean())
+             for n, (_, t) in models.items()}
+    close = {n: within_one_ulp(t.model.weight.detach(), ref) for n, (_, t) in models.items()}
+    print("moved", moved, "within one ulp of fp32", close)
+    assert moved["fp32"] > 0.9
+    assert close["bf16"] >= 0.9 and abs(moved["bf16"] - moved["fp32"]) <= 0.05
+    assert close["bf16 without copy"] < 0.5  # the test can fail: a bf16 lerp loses the updates
+    # the fp32 copy is what checkpoints hold, and loading it sets the copy and the rounded weights
+    state = models["bf16"][1].state_dict()
+    assert state["weight"].dtype == torch.float32
+    fresh = Teacher("ema", models["bf16"][0], lambda: torch.nn.Linear(256, 256, bias=False).to(torch.bfloat16))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.ema32["weight"], state["weight"])
+    assert torch.equal(fresh.model.weight, state["weight"].to(torch.bfloat16))

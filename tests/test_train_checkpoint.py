@@ -100,7 +100,7 @@ def test_not_a_checkpoint_is_named(tmp_path):
     (tmp_path / "iter_0000003.tmp").mkdir()  # a leftover of a killed save: ignored
     assert latest_checkpoint(tmp_path) is None
     with pytest.raises(FileNotFoundError, match="not a Megatron distributed checkpoint") as e:
-        load_checkpoint(tmp_path / "iter_0000003.tmp", model=None, optimizer=None)
+        load_checkpoint(tmp_path / "iter_0000003.tmp", optimizer=None)
     assert str(tmp_path / "iter_0000003.tmp") in str(e.value)
     (tmp_path / "latest").write_text("iter_0000003\n")
     with pytest.raises(FileNotFoundError) as e:
@@ -117,6 +117,30 @@ def test_tp2_checkpoint_loads_at_tp1(tmp_path):
     assert r["exp_avg_equal"] and r["exp_avg_sq_equal"] and r["optimizer_entries"] > 50, r
     assert r["state"] == {"step": 3}
     assert "RNG not restored" in r["warnings"]
+
+
+def test_bf16_roundtrip_and_cross_dtype_loads_are_exact(tmp_path):
+    r = run_worker("precision", tmp_path)
+    # bf16 run: fp32 masters, moments, the EMA's fp32 copy and the bf16 weights restored bit for bit
+    assert r["bf16_perturbed"] == {"weights": False, "masters": False, "ema32": False, "optimizer": False}
+    assert r["bf16_restored"] == {"weights": True, "masters": True, "ema32": True, "optimizer": True}, r
+    assert r["bf16_stored_dtypes"] == {"weights": "bfloat16", "masters": "float32", "teacher": "float32"}, r
+    # an fp32 run's checkpoint into a bf16 run: the masters ARE the stored fp32 weights, the weights their rounding
+    assert r["fp32_to_bf16"] == {"masters_exact": True, "weights_rounded": True, "moments": True, "ema32_exact": True}, r
+    # a bf16 run's checkpoint into an fp32 run: the weights are the stored masters, not the rounded weights
+    assert r["bf16_to_fp32"] == {"weights_are_masters": True, "moments": True, "teacher_is_ema32": True}, r
+    assert r["model_only_from_bf16_is_masters"], r  # load_model (conversion, checkpoint.load) reads the masters
+
+
+@pytest.mark.slow
+def test_distributed_optimizer_checkpoint_loads_without_it(tmp_path):
+    """DP=2 with the distributed optimizer (masters and moments sharded over DP) saves in model space: a
+    DP=1 run with the non-distributed bf16 optimizer resumes with exactly the same masters and moments."""
+    code, result, out = torchrun(WORKER, 2, "dp2_distributed_save", str(tmp_path))
+    assert code == 0 and result is not None, out[-4000:]
+    r = run_worker("dp1_load_distributed", tmp_path)
+    assert r == {"masters_equal": True, "exp_avg_equal": True, "exp_avg_sq_equal": True, "weights_equal": True,
+                 "step": 2, "masters": r["masters"]} and r["masters"] > 50, r
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -146,19 +170,24 @@ def make_batch(cfg):
 
 
 class Run:
-    """The tiny model at the current layout, AdamW over its parameters and an EMA teacher."""
+    """The tiny model at the current layout, the training optimizer (Megatron DDP + optimizer) over it
+    and an EMA teacher."""
 
-    def __init__(self, tp=1, seed=0):
-        from megatron_vopd.config import ParallelConfig
+    def __init__(self, tp=1, seed=0, dtype="float32", distributed=False):
+        from megatron_vopd.config import OptimizerConfig, ParallelConfig
         from megatron_vopd.distill.teacher import Teacher
         from megatron_vopd.models.qwen25_vl import build_model
         from megatron_vopd.runtime import init_distributed
+        from megatron_vopd.train.optim import build_optimizer
 
         self.info = init_distributed(tp, 1, seed=seed, timeout_s=300)
         self.cfg, parallel = tiny_cfg(), ParallelConfig(tensor_model_parallel_size=tp)
+        self.cfg.params_dtype = dtype
         self.model = build_model(self.cfg, parallel)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
+        self.opt = build_optimizer(self.model, OptimizerConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, clip_grad=0.0,
+                                                               distributed=distributed), self.cfg)
         self.teacher = Teacher("ema", self.model, lambda: build_model(self.cfg, parallel, init_weights=False), ema_rate=0.5)
+        self.steps = 0
 
     def train(self, steps):
         from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
@@ -166,18 +195,32 @@ class Run:
         batch = make_batch(self.cfg)
         for _ in range(steps):
             self.opt.zero_grad()
-            forward_backward(self.model, [batch], cross_entropy_loss)
-            self.opt.step()
+            forward_backward(self.opt.ddp, [batch], cross_entropy_loss)
+            self.opt.step(self.steps)
+            self.steps += 1
             self.teacher.update(self.model)
 
-    def save(self, root, step, state, **kw):
+    def save(self, root, step, state, teacher=True, **kw):
         from megatron_vopd.train.checkpoint import save_checkpoint
 
-        return save_checkpoint(root, step, model=self.model, optimizer=self.opt, model_cfg=self.cfg, state=state,
-                               teacher_model=self.teacher.model, **kw)
+        return save_checkpoint(root, step, optimizer=self.opt, model_cfg=self.cfg, state=state,
+                               teacher=self.teacher if teacher else None, **kw)
 
     def load(self, path, teacher=True):
-        return load_checkpoint(path, model=self.model, optimizer=self.opt, teacher_model=self.teacher.model if teacher else None)
+        return load_checkpoint(path, optimizer=self.opt, teacher=self.teacher if teacher else None)
+
+    def inner(self):
+        """The torch optimizer inside Megatron's wrapper."""
+        return self.opt.megatron.chained_optimizers[0].optimizer
+
+    def masters(self):
+        """{parameter name: its fp32 master} (the parameter itself in an fp32 run)."""
+        wrapper = self.opt.megatron.chained_optimizers[0]
+        if not hasattr(wrapper, "fp32_from_float16_groups"):
+            return params(self.model)
+        pairs = {id(p): m for g16, g32 in zip(wrapper.float16_groups, wrapper.fp32_from_float16_groups)
+                 for p, m in zip(g16, g32)}
+        return {n: pairs[id(p)].detach().clone() for n, p in self.model.named_parameters()}
 
 
 def params(model):
@@ -226,12 +269,12 @@ def roundtrip(tmp):
     run, root = Run(), tmp / "ckpt"
     run.train(2)
     state = {"step": 2, "scheduler": {"last_epoch": 2, "lr": [0.001]}, "data": {"epoch": 0, "position": 17}}
-    want = {"weights": params(run.model), "teacher": params(run.teacher.model), "optimizer": copy.deepcopy(run.opt.state_dict())}
+    want = {"weights": params(run.model), "teacher": params(run.teacher.model), "optimizer": copy.deepcopy(run.inner().state_dict())}
     path = run.save(root, 2, state)
     want["draws"] = draws()
 
     def check():
-        opt = run.opt.state_dict()
+        opt = run.inner().state_dict()
         return {"weights": same(want["weights"], params(run.model)), "teacher": same(want["teacher"], params(run.teacher.model)),
                 "optimizer": same(want["optimizer"], opt),
                 "draws": same(want["draws"], draws())}
@@ -246,7 +289,8 @@ def roundtrip(tmp):
     load_model(fresh, path)
     return {
         "perturbed": perturbed, "restored": restored, "state": loaded, "files": [f.name for f in path.iterdir() if not f.name.endswith(".distcp")],
-        "optimizer_entries": len(run.opt.state_dict()["state"]), "optimizer_step": float(run.opt.state_dict()["state"][0]["step"]),
+        "optimizer_entries": len(run.inner().state_dict()["state"]),
+        "optimizer_step": float(run.inner().state_dict()["param_groups"][0]["step"]),
         "load_model_matches": same(want["weights"], params(fresh)),
         "model_config_matches": to_dict(read_model_config(path)) == to_dict(run.cfg),
         "latest": (root / "latest").read_text()}
@@ -276,7 +320,7 @@ def rotation(tmp):
     save_model(run.model, tmp / "model_only", run.cfg)
     from megatron_vopd.train.checkpoint import save_checkpoint
 
-    no_teacher = save_checkpoint(root, 7, model=run.model, optimizer=run.opt, model_cfg=run.cfg, state={})
+    no_teacher = save_checkpoint(root, 7, optimizer=run.opt, model_cfg=run.cfg, state={})
     result.update(model_only_error=error(lambda: run.load(tmp / "model_only")),
                   no_teacher_error=error(lambda: run.load(no_teacher)),
                   keep_last_zero_error=error(lambda: run.save(root, 8, {}, keep_last=0)))
@@ -318,7 +362,7 @@ def optimizer_as_models(run, key):
     shadow = build_model(run.cfg, ParallelConfig(tensor_model_parallel_size=run.info.tp_size), init_weights=False)
     with torch.no_grad():
         for p, s in zip(run.model.parameters(), shadow.parameters()):
-            s.copy_(run.opt.state[p][key])
+            s.copy_(run.inner().state[p][key])
     return shadow
 
 
@@ -354,7 +398,108 @@ def scenario_tp1_load(tmp):
         "weights_equal": same(want["weights"], full(run.model, table)), "teacher_equal": same(want["teacher"], full(run.teacher.model, table)),
         "exp_avg_equal": same(want["exp_avg"], full(optimizer_as_models(run, "exp_avg"), table)),
         "exp_avg_sq_equal": same(want["exp_avg_sq"], full(optimizer_as_models(run, "exp_avg_sq"), table)),
-        "optimizer_entries": len(run.opt.state), "state": state, "warnings": " ".join(messages)}), flush=True)
+        "optimizer_entries": len(run.inner().state), "state": state, "warnings": " ".join(messages)}), flush=True)
+
+
+def moments(run) -> dict:
+    """{name: {exp_avg, exp_avg_sq}} of a non-distributed run, by model parameter name."""
+    wrapper = run.opt.megatron.chained_optimizers[0]
+    inner = wrapper.optimizer
+    if hasattr(wrapper, "fp32_from_float16_groups"):
+        main = {id(p): m for g16, g32 in zip(wrapper.float16_groups, wrapper.fp32_from_float16_groups)
+                for p, m in zip(g16, g32)}
+    else:
+        main = {id(p): p for p in run.model.parameters()}
+    return {n: {k: inner.state[main[id(p)]][k].clone() for k in ("exp_avg", "exp_avg_sq")}
+            for n, p in run.model.named_parameters()}
+
+
+def scenario_precision(tmp):
+    from megatron_vopd.bridge.megatron_ckpt import load_model
+    from megatron_vopd.config import ParallelConfig
+    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron.core import dist_checkpointing
+
+    result = {}
+    bf16 = Run(dtype="bfloat16")
+    bf16.train(2)
+    want = {"weights": params(bf16.model), "masters": bf16.masters(), "ema32": {k: v.clone() for k, v in bf16.teacher.ema32.items()},
+            "optimizer": moments(bf16)}
+    path = bf16.save(tmp / "bf16", 2, {"step": 2})
+    meta = dist_checkpointing.load_tensors_metadata(str(path))
+    key = "language_model.decoder.layers.self_attention.linear_proj.weight"
+
+    def check():
+        return {"weights": same(want["weights"], params(bf16.model)), "masters": same(want["masters"], bf16.masters()),
+                "ema32": same(want["ema32"], bf16.teacher.ema32), "optimizer": same(want["optimizer"], moments(bf16))}
+
+    bf16.train(1)
+    result["bf16_perturbed"] = check()
+    bf16.load(path)
+    result["bf16_restored"] = check()
+    result["bf16_stored_dtypes"] = {"weights": str(meta[key].dtype).removeprefix("torch."),
+                                    "masters": str(meta["optimizer.state.fp32_param." + key].dtype).removeprefix("torch."),
+                                    "teacher": str(meta["teacher." + key].dtype).removeprefix("torch.")}
+
+    fp32 = Run(dtype="float32", seed=1)
+    fp32.train(2)
+    fp32_path = fp32.save(tmp / "fp32", 2, {"step": 2})
+    into_bf16 = Run(dtype="bfloat16", seed=2)
+    into_bf16.load(fp32_path)
+    stored, masters = params(fp32.model), into_bf16.masters()
+    result["fp32_to_bf16"] = {
+        "masters_exact": same(stored, masters),
+        "weights_rounded": same({k: v.to(torch.bfloat16) for k, v in stored.items()}, params(into_bf16.model)),
+        "moments": same(moments(fp32), moments(into_bf16)),
+        "ema32_exact": same(params(fp32.teacher.model), into_bf16.teacher.ema32)}
+
+    into_fp32 = Run(dtype="float32", seed=3)
+    into_fp32.load(path)
+    result["bf16_to_fp32"] = {"weights_are_masters": same(want["masters"], params(into_fp32.model)),
+                              "moments": same(want["optimizer"], moments(into_fp32)),
+                              "teacher_is_ema32": same(want["ema32"], params(into_fp32.teacher.model))}
+    cfg32 = tiny_cfg()
+    fresh = build_model(cfg32, ParallelConfig(), init_weights=False)
+    load_model(fresh, path)
+    result["model_only_from_bf16_is_masters"] = same(want["masters"], params(fresh))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def distributed_state(run) -> dict:
+    """{name: {param, exp_avg, exp_avg_sq}} in model space, gathered by Megatron's own distributed optimizer."""
+    wrapper = run.opt.megatron.chained_optimizers[0]
+    state = wrapper.get_parameter_state_dp_zero(return_on_all_ranks=True)
+    names = {id(p): n for n, p in run.model.named_parameters()}
+    out = {}
+    for buffer_index, buffer in enumerate(wrapper.buffers):
+        flat = next(iter(state[buffer_index].values()))
+        for p, (start, end, _) in buffer.param_index_map.items():
+            out[names[id(p)]] = {k: flat[k][start:end].view(p.shape).clone() for k in ("param", "exp_avg", "exp_avg_sq")}
+    return out
+
+
+def scenario_dp2_distributed_save(tmp):
+    run = Run(dtype="bfloat16", distributed=True)
+    run.train(2)
+    run.save(tmp / "ckpt", 2, {"step": 2})
+    gathered = distributed_state(run)
+    if run.info.rank == 0:
+        torch.save({"state": gathered, "weights": params(run.model)}, tmp / "dp2_state.pt")
+        print("RESULT " + json.dumps({"saved": True}), flush=True)
+
+
+def scenario_dp1_load_distributed(tmp):
+    run = Run(dtype="bfloat16", seed=7)
+    state = run.load(latest_checkpoint(tmp / "ckpt"))
+    want = torch.load(tmp / "dp2_state.pt", weights_only=True)
+    got, masters = moments(run), run.masters()
+    print("RESULT " + json.dumps({
+        "masters_equal": same({n: s["param"] for n, s in want["state"].items()}, masters),
+        "exp_avg_equal": same({n: s["exp_avg"] for n, s in want["state"].items()}, {n: m["exp_avg"] for n, m in got.items()}),
+        "exp_avg_sq_equal": same({n: s["exp_avg_sq"] for n, s in want["state"].items()},
+                                 {n: m["exp_avg_sq"] for n, m in got.items()}),
+        "weights_equal": same(want["weights"], params(run.model)), "step": state["step"],
+        "masters": len(masters)}), flush=True)
 
 
 if __name__ == "__main__":

@@ -109,14 +109,46 @@ def require_dist_checkpoint(ckpt: str | Path) -> Path:
     return ckpt
 
 
+# A half-precision training run stores its fp32 master weights under this prefix + the weight's key.
+MASTER_PREFIX = "optimizer.state.fp32_param."
+
+
+def retarget(sh, *, key: str | None = None, data=None):
+    """A copy of a sharded tensor (or factory) read from / written to another ``key`` or from / into
+    another tensor ``data`` of the same shape (any dtype)."""
+    import dataclasses
+
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+    changes = {} if key is None else {"key": key}
+    if data is not None:
+        changes["data"] = data
+        if isinstance(sh, ShardedTensor):
+            changes["dtype"] = data.dtype
+    return dataclasses.replace(sh, **changes)
+
+
+def weights_request(sharded: dict, stored_keys) -> dict:
+    """The model's sharded state dict, each weight read from its fp32 master where the checkpoint holds
+    one (a bf16/fp16 training run): exact weights for an fp32 model, the same rounding for a bf16 one."""
+    import torch
+
+    def from_master(v):
+        return retarget(v, key=MASTER_PREFIX + v.key, data=torch.empty_like(v.data, dtype=torch.float32))
+
+    return {k: from_master(v) if MASTER_PREFIX + v.key in stored_keys else v for k, v in sharded.items()}
+
+
 def load_model(model, ckpt: str | Path) -> None:
-    """Collective: load the weights in ``ckpt`` into the model, whatever layout wrote them. ``ckpt``
-    may also be a training checkpoint (``megatron_vopd.train.checkpoint``): its other contents are ignored."""
+    """Collective: load the weights in ``ckpt`` into the model, whatever layout and dtype wrote them.
+    ``ckpt`` may also be a training checkpoint (``megatron_vopd.train.checkpoint``): its weights are
+    read from the fp32 masters when it holds them, its other contents are ignored."""
     from megatron.core import dist_checkpointing
 
     ckpt = require_dist_checkpoint(ckpt)
     sharded = model.sharded_state_dict()
-    state = dist_checkpointing.load(sharded, str(ckpt))
+    request = weights_request(sharded, dist_checkpointing.load_tensors_metadata(str(ckpt)))
+    state = dist_checkpointing.load(request, str(ckpt), strict="assume_ok_unexpected")
     apply_model_state(model, {k: v for k, v in state.items() if k in sharded}, ckpt)
 
 

@@ -23,7 +23,8 @@ def register(sub) -> None:
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu-gib", type=float, default=80, help="memory per GPU in GiB (default 80)")
     p.add_argument("--distributed-optimizer", action="store_true",
-                   help="shard the AdamW state over data parallel ranks (Megatron's distributed optimizer)")
+                   help="plan with Megatron's distributed optimizer (fp32 masters and AdamW moments sharded over "
+                        "data parallelism) even where the recipe's optimizer.distributed is false")
     p.set_defaults(func=run)
 
 
@@ -49,13 +50,14 @@ def run(args) -> int:
         path = resolve_recipe(args.recipe)
         cfg = load_config(path)
         world = args.nodes * args.gpus_per_node
+        distributed = args.distributed_optimizer or cfg.optimizer.distributed
         tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
         own = None
         if world % (tp * pp) == 0:
             own = memory_plan(cfg, nodes=args.nodes, gpus_per_node=args.gpus_per_node, tp=tp, pp=pp,
-                              gpu_gib=args.gpu_gib, distributed_optimizer=args.distributed_optimizer)
+                              gpu_gib=args.gpu_gib, distributed_optimizer=distributed)
         layouts = candidate_layouts(cfg, args.nodes, args.gpus_per_node, gpu_gib=args.gpu_gib,
-                                    distributed_optimizer=args.distributed_optimizer)
+                                    distributed_optimizer=distributed)
     except ConfigError as e:
         print(f"error: vopd plan --recipe {args.recipe}: {e}", file=sys.stderr)
         return 2
@@ -67,6 +69,6 @@ def run(args) -> int:
     fitting = sum(p["fits"] for p in layouts)
     print(f"\ncandidate layouts on {args.nodes} x {args.gpus_per_node} GPUs ({fitting} of {len(layouts)} fit; "
           f"GiB per GPU, worst pipeline stage; optimizer "
-          f"{'distributed over DP' if args.distributed_optimizer else 'not distributed'}):")
+          f"{'distributed over DP' if distributed else 'not distributed'}):")
     print(format_table(layouts))
     return 0

@@ -18,11 +18,11 @@ import torch
 
 from megatron_vopd.bridge import MappingTable
 from megatron_vopd.bridge.distribution import iter_full_parameters, load_full_state_dict
-from megatron_vopd.config import ParallelConfig, load_model_config
+from megatron_vopd.config import OptimizerConfig, ParallelConfig, load_model_config
 from megatron_vopd.models.mrope import mrope_position_ids
 from megatron_vopd.models.qwen25_vl import build_model
 from megatron_vopd.runtime import init_distributed
-from megatron_vopd.train.grads import grad_norm
+from megatron_vopd.train.optim import build_optimizer
 from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward, forward_logits, from_last_stage
 
 
@@ -80,11 +80,14 @@ def main():
     model.eval()
     logits = forward_logits(model, batch)
     model.train()
-    metrics = forward_backward(model, [batch], cross_entropy_loss)
-    norm = grad_norm(model)
+    full_weights = {k: v.clone() for k, v in iter_full_parameters(model, table)}  # the step below moves the weights
+    # the training path's gradient: Megatron DDP's fp32 main grads, the norm of Megatron's optimizer
+    optimizer = build_optimizer(model, OptimizerConfig(warmup_steps=0, clip_grad=0.0), model_cfg)
+    optimizer.zero_grad()
+    metrics = forward_backward(optimizer.ddp, [batch], cross_entropy_loss)
+    norm = optimizer.step(0)["grad_norm"]
     loss = from_last_stage(metrics[0]["loss"].item() if metrics else None)  # computed on the last stage
 
-    full_weights = dict(iter_full_parameters(model, table))
     if args.save:
         torch.save({"weights": full_weights, "logits": logits, "loss": loss, "grad_norm": norm}, args.save)
         if info.rank == 0:

@@ -86,6 +86,14 @@ class Qwen25VLModel(MegatronModule):
             hidden = gather_from_sequence_parallel_region(hidden)
         return (hidden.transpose(0, 1)[self._logit_positions][:, None], *args[1:])  # batch-major rows
 
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        """Megatron's finalize_model_grads asks the stage this to all-reduce tied embedding grads over PP."""
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
     def set_input_tensor(self, input_tensor):
         """Pipeline schedules hand the previous stage's activations in here."""
         self.language_model.set_input_tensor(input_tensor)
@@ -140,6 +148,13 @@ def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool
     stage = Qwen25VLModel(model, parallel, pre_process=ps.is_pipeline_first_stage(),
                           post_process=ps.is_pipeline_last_stage(), te_available=te_available,
                           init_weights=init_weights)
+    # Every parameter in params_dtype, as Megatron's Float16Module would leave it: the local spec's
+    # torch RMSNorm creates fp32 weights, and Megatron's optimizers pair model and fp32 main
+    # parameters per dtype buffer. Buffers (rotary inverse frequencies) keep their fp32.
+    dtype = stage.config.params_dtype
+    for p in stage.parameters():
+        if p.dtype != dtype:
+            p.data = p.data.to(dtype)
     # Megatron's layers are created on the current CUDA device already; the vision tower (a
     # transformers module) is created on the CPU and follows them here.
     return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage

@@ -78,6 +78,9 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, 
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         variable_seq_lengths=True,  # micro-batches of different lengths through the pipeline
+        # losses are normalised by the step's global token count: DDP sums gradients over data
+        # parallelism instead of averaging them
+        calculate_per_token_loss=True,
         moe_token_dispatcher_type="alltoall",  # (no experts; the default dispatcher refuses variable lengths)
         use_cpu_initialization=cpu,
         perform_initialization=init_weights,

@@ -18,6 +18,8 @@ SHIM_NAMES = (
     "current_device_is_cpu",
     "cuda_tensors_on_cpu",
     "cuda_sync_and_streams",
+    "cuda_tensor_type_names",
+    "fused_adam",
 )
 _applied: list[str] = []
 
@@ -131,11 +133,103 @@ def _shim_cuda_sync_and_streams():
     torch.cuda.current_stream = lambda *a, **k: _NullStream()
 
 
+_CUDA_TYPE_NAMES = {f"torch.{t}Tensor": f"torch.cuda.{t}Tensor" for t in ("Float", "BFloat16", "Half")}
+
+
+class CudaTypeNamesMode(TorchFunctionMode):
+    """Why: Megatron's mixed-precision and distributed optimizers and its gradient clipping sort
+    parameters by ``param.type()`` and accept only ``'torch.cuda.{Float,BFloat16,Half}Tensor'``
+    ("Wrapped parameters must be one of torch.cuda.FloatTensor, ..."). Without CUDA every tensor
+    lives on the CPU, so ``Tensor.type()`` (no arguments: the query form) reports the CUDA name of
+    the same dtype. Conversions (``t.type(torch.float16)``) and everything else are untouched."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs:
+            name = func(*args)
+            return _CUDA_TYPE_NAMES.get(name, name)
+        return func(*args, **kwargs)
+
+
+_cuda_type_names_mode: CudaTypeNamesMode | None = None
+
+
+def _shim_cuda_tensor_type_names():
+    global _cuda_type_names_mode
+    _cuda_type_names_mode = CudaTypeNamesMode()
+    _cuda_type_names_mode.__enter__()  # stays on the mode stack for the life of the process
+
+
+class CpuFusedAdam(torch.optim.Optimizer):
+    """Adam/AdamW with the interface and state layout of TE's / apex's ``FusedAdam``, in plain torch.
+
+    Why: without TE or apex megatron-core falls back to ``torch.optim.AdamW``, which keeps a
+    per-parameter ``step`` tensor in its state; the distributed optimizer's checkpoint code expects
+    FusedAdam's layout (the step in the parameter group, only ``exp_avg``/``exp_avg_sq`` per
+    parameter) and fails to load its own checkpoint (``KeyError: 'step'``). The update is FusedAdam's
+    (= torch AdamW's) with bias correction: ``p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)`` in
+    AdamW mode (decoupled decay), ``g += wd * p`` before the moments otherwise.
+    """
+
+    def __init__(self, params, lr=1e-3, bias_correction=True, betas=(0.9, 0.999), eps=1e-8, adam_w_mode=True,
+                 weight_decay=0.0, amsgrad=False, **_ignored):
+        if amsgrad:
+            raise ValueError("CpuFusedAdam does not implement amsgrad (neither does FusedAdam)")
+        super().__init__(params, dict(lr=lr, bias_correction=bias_correction, betas=tuple(betas), eps=eps,
+                                      weight_decay=weight_decay))
+        self.adam_w_mode = adam_w_mode
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            if not group["params"]:
+                continue  # as FusedAdam: an empty group does not count steps
+            group["step"] = group.get("step", 0) + 1
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            (b1, b2), lr, wd, step = group["betas"], group["lr"], group["weight_decay"], group["step"]
+            grads = [p.grad for p in params]
+            for p in params:
+                if not self.state[p]:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p)
+            exp_avg = [self.state[p]["exp_avg"] for p in params]
+            exp_avg_sq = [self.state[p]["exp_avg_sq"] for p in params]
+            if wd and not self.adam_w_mode:
+                grads = torch._foreach_add(grads, params, alpha=wd)
+            torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+            torch._foreach_mul_(exp_avg_sq, b2)
+            torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - b2)
+            bc1, bc2 = (1 - b1**step, 1 - b2**step) if group["bias_correction"] else (1.0, 1.0)
+            denom = torch._foreach_sqrt(exp_avg_sq)
+            torch._foreach_div_(denom, bc2**0.5)
+            torch._foreach_add_(denom, group["eps"])
+            if wd and self.adam_w_mode:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / bc1)
+        return loss
+
+
+def _shim_fused_adam():
+    from megatron.core import optimizer as megatron_optimizer
+    from megatron.core.optimizer import distrib_optimizer
+
+    megatron_optimizer.Adam = CpuFusedAdam
+    megatron_optimizer.USING_PYTORCH_OPTIMIZER = False  # build it with FusedAdam's arguments (adam_w_mode)
+    distrib_optimizer.Adam = CpuFusedAdam
+    # the distributed optimizer's state_dict then reads the step from the parameter groups, as for apex
+    distrib_optimizer.HAVE_APEX_OR_TE, distrib_optimizer.USING_APEX_OPTIMIZER = True, True
+
+
 _SHIMS = {
     "cpu_rng_tracker": _shim_cpu_rng_tracker,
     "current_device_is_cpu": _shim_current_device_is_cpu,
     "cuda_tensors_on_cpu": _shim_cuda_tensors_on_cpu,
     "cuda_sync_and_streams": _shim_cuda_sync_and_streams,
+    "cuda_tensor_type_names": _shim_cuda_tensor_type_names,
+    "fused_adam": _shim_fused_adam,
 }
 
 

@@ -1,17 +1,27 @@
-"""Training checkpoints: weights, teacher copy, optimizer, trainer state and RNG, resumable at any TP x PP.
+"""Training checkpoints: weights, fp32 masters, optimizer, teacher, trainer state and RNG, resumable at
+any TP x PP x DP, with or without the distributed optimizer, in bf16 or fp32.
 
 Layout under the checkpoint root (``checkpoint.dir``)::
 
     latest                   text, e.g. "iter_0000004": the newest complete iteration folder
-    iter_0000004/            one megatron.core.dist_checkpointing checkpoint:
-      metadata.json, *.distcp  sharded tensors: the weights under the model's own sharded keys,
+    iter_0000004/            one megatron.core.dist_checkpointing checkpoint, every tensor in MODEL space
+                             (shaped like the full parameter, sharded by TP/PP like it):
+      metadata.json, *.distcp  the weights in the run's dtype under the model's own sharded keys,
                                unprefixed (bridge.megatron_ckpt.load_model reads the folder as is);
-                               "teacher.<key>": the EMA/fixed teacher copy;
-                               "optimizer.state.<exp_avg|exp_avg_sq>.<key>": sharded like the parameter
-      common.pt                written by rank 0: the trainer's ``state`` dict, the optimizer's
-                               param_groups hyperparameters and its step (one for all parameters)
+                               "optimizer.state.fp32_param.<key>": the fp32 master weights (bf16/fp16 runs;
+                               an fp32 run's weights are its masters);
+                               "optimizer.state.<exp_avg|exp_avg_sq>.<key>": the Adam moments;
+                               "teacher.<key>": the EMA/fixed teacher copy (the EMA's fp32 copy when it has one)
+      common.pt                written by rank 0: the trainer's ``state`` dict and the optimizer's step
       vopd_model.yaml          the ModelConfig (bridge.megatron_ckpt.read_model_config)
       rng/rank_00000.pt        python, numpy, torch CPU/CUDA and Megatron tracker RNG of each global rank
+
+Megatron's optimizers each name their state differently (``FP32Optimizer``, ``Float16OptimizerWith
+Float16Params``, ``DistributedOptimizer`` in its ``fully_reshardable`` model-space form: masters as
+``fp32_param`` or ``param``); the tensors are saved under the one set of keys above, so any of them
+resumes from any other's checkpoint. Where a checkpoint has no masters (an fp32 run) a bf16 run takes
+them from the stored fp32 weights; an fp32 run reads its weights from the stored masters. Both ways
+are exact.
 
 Atomicity: every rank writes into ``iter_XXXXXXX.tmp/``; once all are done rank 0 renames it to
 ``iter_XXXXXXX`` (a folder of the same step is swapped out atomically, megatron_ckpt.replace_dir), then
@@ -32,11 +42,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.bridge.megatron_ckpt import apply_model_state, require_dist_checkpoint, write_atomically, write_model_config
+from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, require_dist_checkpoint, retarget,
+                                                weights_request, write_atomically, write_model_config)
 
 TRACKER = "latest"
 TEACHER_PREFIX = "teacher."
 OPTIM_PREFIX = "optimizer.state."
+_DIST_OPT_MASTER_PREFIX = "optimizer.state.param."  # the distributed optimizer's name for the masters
 _ITER = re.compile(r"iter_(\d{7})")
 log = logging.getLogger(__name__)
 
@@ -45,25 +57,46 @@ def iter_name(step: int) -> str:
     return f"iter_{step:07d}"
 
 
-def _sharded(model, prefix: str = "") -> dict:
-    from megatron.core.dist_checkpointing.utils import add_prefix_for_sharding
+def _leaves(tree, path=()):
+    """(path, sharded tensor or factory) of every sharded leaf of a nested dict/list."""
+    from megatron.core.dist_checkpointing.mapping import ShardedBase
 
-    sd = model.sharded_state_dict()
-    if prefix:
-        add_prefix_for_sharding(sd, prefix)
-    return sd
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, list) else ()
+    for k, v in items:
+        if isinstance(v, ShardedBase):
+            yield path + (k,), v
+        else:
+            yield from _leaves(v, path + (k,))
 
 
-def _param_map(model_sd: dict, optimizer) -> tuple[list, dict]:
-    """The optimizer's parameters (in state_dict order) and, per index, the model's sharded tensor."""
-    from megatron.core.dist_checkpointing.optimizer import get_param_id_to_sharded_param_map
+def _unwrap_local(tree):
+    """``tree`` with Megatron's LocalNonpersistentObject wrappers (values kept as they are on this rank,
+    e.g. the parameter ids of the optimizer's groups) replaced by their values."""
+    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject
 
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    id_map = get_param_id_to_sharded_param_map(model_sd, params)
-    if len(id_map) != len(params):
-        raise ValueError(f"the optimizer holds {len(params)} parameters, {len(params) - len(id_map)} of them "
-                         "not the model's: checkpoints support an optimizer over the model's local parameters")
-    return params, id_map
+    if isinstance(tree, LocalNonpersistentObject):
+        return tree.unwrap()
+    if isinstance(tree, dict):
+        return {k: _unwrap_local(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_unwrap_local(v) for v in tree]
+    return tree
+
+
+def _put(tree, path, value) -> None:
+    for k in path[:-1]:
+        tree = tree[k]
+    tree[path[-1]] = value
+
+
+def _canonical(key: str) -> str:
+    return MASTER_PREFIX + key[len(_DIST_OPT_MASTER_PREFIX):] if key.startswith(_DIST_OPT_MASTER_PREFIX) else key
+
+
+def _param_groups(optimizer_state: dict) -> list[dict]:
+    """The inner optimizer's parameter groups (with FusedAdam's ``step``) of a Megatron optimizer state."""
+    inner = optimizer_state.get("optimizer", optimizer_state)
+    return inner["param_groups"]
 
 
 def _rng_state() -> dict:
@@ -87,27 +120,28 @@ def _set_rng_state(state: dict) -> None:
     get_cuda_rng_tracker().set_states({k: v.clone() for k, v in state["tracker"].items()})
 
 
-def save_checkpoint(root, step: int, *, model, optimizer: torch.optim.Optimizer, model_cfg, state: dict,
-                    teacher_model=None, keep_last: int | None = None) -> Path:
-    """Collective: write ``root/iter_{step:07d}`` atomically, point ``root/latest`` at it, prune to keep_last."""
+def save_checkpoint(root, step: int, *, optimizer, model_cfg, state: dict, teacher=None,
+                    keep_last: int | None = None) -> Path:
+    """Collective: write ``root/iter_{step:07d}`` atomically, point ``root/latest`` at it, prune to keep_last.
+
+    ``optimizer`` is the run's ``train.optim.StudentOptimizer`` (its ``model`` is saved), ``teacher`` a
+    ``distill.teacher.Teacher`` holding a copy (None otherwise)."""
     from megatron.core import dist_checkpointing
-    from megatron.core.dist_checkpointing.optimizer import optim_state_to_sharding_state
 
     if keep_last is not None and keep_last < 1:
         raise ValueError(f"checkpoint.keep_last={keep_last} must be at least 1 (or None to keep all)")
     root, rank, rng = Path(root), dist.get_rank(), _rng_state()
-    model_sd = _sharded(model)
-    _, id_map = _param_map(model_sd, optimizer)
-    opt = optimizer.state_dict()
-    steps = [s["step"] for s in opt["state"].values() if "step" in s]
-    if len({float(s) for s in steps}) > 1:
-        raise ValueError("the optimizer's step differs between parameters; checkpoints keep one step for all")
-    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]]
-    optim_state_to_sharding_state(opt, id_map, exclude_keys=("step",))
-    opt["param_groups"], opt["step"] = groups, (steps[0].clone() if steps else None)
-    sharded = {**model_sd, "optimizer": opt, "train_state": state}
-    if teacher_model is not None:
-        sharded["teacher"] = _sharded(teacher_model, TEACHER_PREFIX)
+    model_sd = optimizer.model.sharded_state_dict()
+    opt_sd = optimizer.sharded_state_dict(model_sd)
+    steps = {g["step"] for g in _param_groups(opt_sd) if "step" in g}
+    if len(steps) > 1:
+        raise ValueError(f"the optimizer's step differs between parameter groups ({sorted(steps)}); "
+                         "checkpoints keep one step for all")
+    tensors = {str(i): retarget(sh, key=_canonical(sh.key)) for i, (_, sh) in enumerate(_leaves(opt_sd))}
+    sharded = {**model_sd, "optimizer": tensors, "train_state": state,
+               "optimizer_state": {"step": steps.pop() if steps else None, "grad_scaler": opt_sd.get("grad_scaler")}}
+    if teacher is not None and teacher.is_copy:
+        sharded["teacher"] = teacher.sharded_state_dict(TEACHER_PREFIX)
 
     def write(tmp: Path) -> None:
         dist_checkpointing.save(sharded, str(tmp))  # into an empty folder, else megatron warns
@@ -162,55 +196,77 @@ def _keys(sh) -> list[str]:
     return [sh.key] if isinstance(sh, ShardedTensor) else []
 
 
-def load_checkpoint(path, *, model, optimizer, teacher_model=None) -> dict:
-    """Collective: restore weights, teacher copy, optimizer and this rank's RNG; returns the saved ``state``."""
+def _reads(sh) -> tuple:
+    """What a request entry reads: (key, global offset) of each tensor it builds (layers share a key and
+    differ by offset)."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    if isinstance(sh, ShardedTensorFactory):
+        return tuple((t.key, t.global_offset) for t in nested_values(sh.build()))
+    return ((sh.key, sh.global_offset),) if isinstance(sh, ShardedTensor) else (id(sh),)
+
+
+def load_checkpoint(path, *, optimizer, teacher=None) -> dict:
+    """Collective: restore weights, masters, optimizer state, teacher copy and this rank's RNG; returns
+    the saved ``state``."""
     path = require_dist_checkpoint(path)
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.core import CheckpointingException
     from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.optimizer import make_sharded_optimizer_tensor
 
     common = dist_checkpointing.load_common_state_dict(str(path))
-    for key in ("train_state", "optimizer"):
+    for key in ("train_state", "optimizer_state"):
         if key not in common:
-            raise KeyError(f"{path}: no {key!r} in the checkpoint: a model-only checkpoint, not a training one")
-    groups = optimizer.state_dict()["param_groups"]
-    if len(groups) != len(common["optimizer"]["param_groups"]):
-        raise ValueError(f"{path}: optimizer.param_groups: the checkpoint has {len(common['optimizer']['param_groups'])}"
-                         f" parameter groups, the optimizer {len(groups)}")
+            raise KeyError(f"{path}: no {key!r} in the checkpoint: a model-only checkpoint, not a training one "
+                           "(start from it with checkpoint.load instead)")
     meta = dist_checkpointing.load_tensors_metadata(str(path))
-    state_keys = sorted({k[len(OPTIM_PREFIX):].split(".", 1)[0] for k in meta if k.startswith(OPTIM_PREFIX)})
-    model_sd = _sharded(model)
-    params, id_map = _param_map(model_sd, optimizer)
-    opt_sd = {}
-    for i, sh in id_map.items():
-        for name in state_keys:
-            t = make_sharded_optimizer_tensor(sh, torch.empty_like(params[i].detach()), prefix=OPTIM_PREFIX + name)
-            if all(k in meta for k in _keys(t)):
-                opt_sd.setdefault(i, {})[name] = t
-    if opt_sd and common["optimizer"].get("step") is None:
-        raise KeyError(f"{path}: optimizer.step missing from the common state")
-    request = {**model_sd, "optimizer": {"state": opt_sd}}
-    if teacher_model is not None:
-        request["teacher"] = _sharded(teacher_model, TEACHER_PREFIX)
-    absent = sorted(k for sh in nested_values(request) for k in _keys(sh) if k not in meta)
+    model = optimizer.model
+    model_sd = model.sharded_state_dict()
+    opt_sd = optimizer.sharded_state_dict(model.sharded_state_dict(), is_loading=True)
+    saved = common["optimizer_state"]
+    leaves, opt_request = [], {}
+    for where, sh in _leaves(opt_sd):
+        key = _canonical(sh.key)
+        if key.startswith(MASTER_PREFIX) and key not in meta and key[len(MASTER_PREFIX):] in meta:
+            key = key[len(MASTER_PREFIX):]  # an fp32 run's checkpoint: its weights are the masters
+        elif saved["step"] is None and key not in meta and not key.startswith(MASTER_PREFIX):
+            _put(opt_sd, where, sh.data)  # saved before the first step: no moments yet (they stay zero)
+            continue
+        opt_request[str(len(leaves))] = retarget(sh, key=key)
+        leaves.append((where, sh))
+    # one request per stored tensor: where the optimizer reads the tensor a weight would be read from
+    # (an fp32 checkpoint's weights as a bf16 run's masters), the weight is set from the optimizer's copy
+    opt_reads = {_reads(sh): i for i, sh in opt_request.items()}
+    weights = weights_request(model_sd, meta)
+    shared = {k: opt_reads[_reads(v)] for k, v in weights.items() if _reads(v) in opt_reads}
+    request = {**{k: v for k, v in weights.items() if k not in shared}, "optimizer": opt_request}
+    if teacher is not None and teacher.is_copy:
+        request["teacher"] = teacher.sharded_state_dict(TEACHER_PREFIX)
+    absent = sorted({k for sh in nested_values(request) for k in _keys(sh) if k not in meta})
     if absent:
         raise KeyError(f"{path}: {len(absent)} tensors not in the checkpoint: {', '.join(absent[:5])}"
                        + (" ..." if len(absent) > 5 else ""))
     try:
-        loaded = dist_checkpointing.load(request, str(path), strict="raise_unexpected")
+        loaded = dist_checkpointing.load(request, str(path), strict="assume_ok_unexpected")
     except CheckpointingException as e:
         raise KeyError(f"{path}: {e}") from e
 
-    apply_model_state(model, {k: v for k, v in loaded.items() if k in model_sd}, path)
-    if teacher_model is not None:
-        apply_model_state(teacher_model, loaded["teacher"], path, "teacher: ")
-    saved = loaded["optimizer"]
-    optimizer.load_state_dict({
-        "state": {i: {"step": saved["step"].clone(), **{n: saved["state"][i][n] for n in parts}}
-                  for i, parts in opt_sd.items()},
-        "param_groups": [{**hp, "params": g["params"]} for hp, g in zip(saved["param_groups"], groups)],
-    })
+    apply_model_state(model, {**{k: v for k, v in loaded.items() if k in model_sd},
+                              **{k: loaded["optimizer"][i] for k, i in shared.items()}}, path)
+    if teacher is not None and teacher.is_copy:
+        teacher.load_state_dict(loaded["teacher"])
+    for i, (where, _) in enumerate(leaves):
+        _put(opt_sd, where, loaded["optimizer"][str(i)])
+    opt_sd = _unwrap_local(opt_sd)
+    for group in _param_groups(opt_sd):
+        if saved["step"] is not None:
+            group["step"] = saved["step"]
+        else:
+            group.pop("step", None)
+    if saved.get("grad_scaler") is not None and "grad_scaler" in opt_sd:
+        opt_sd["grad_scaler"] = saved["grad_scaler"]
+    optimizer.load_state_dict(opt_sd)
     _load_rng(path)
     return loaded["train_state"]
 

@@ -73,7 +73,9 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
     loss_kwargs = dict(alpha=distill.alpha, top_k=distill.top_k, temperature=distill.temperature,
                        is_clip=distill.is_clip, reduction="sum", chunk_tokens=distill.loss_chunk_tokens,
                        inplace_grad=True)
-    for idx in _groups(mbs["student"], distill.teacher_logit_tokens):
+    groups = _groups(mbs["student"], distill.teacher_logit_tokens)
+    for g, idx in enumerate(groups):
+        last_group = g == len(groups) - 1
         teacher_logits, teacher_argmax = {}, {}
 
         def keep(out, batch):
@@ -100,8 +102,9 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
             add("rows", len(batch["targets"]))
             return loss * scale, {}
 
-        forward_backward(model, _indexed(mbs["student"], idx), student_loss)
-        if distill.crop_anchor_weight > 0:
+        anchor = distill.crop_anchor_weight > 0
+        forward_backward(model, _indexed(mbs["student"], idx), student_loss, sync_grads=last_group and not anchor)
+        if anchor:
             def anchor_loss(out, batch):
                 loss = vocab_parallel_generalized_jsd_loss(out, teacher_logits[batch["index"]],
                                                            torch.ones_like(batch["targets"], dtype=torch.bool),
@@ -109,7 +112,7 @@ def vision_opd(model, teacher_model, mbs: dict[str, list[dict]], *, distill, tot
                 add("loss/anchor", loss.detach())
                 return loss * (scale * distill.crop_anchor_weight), {}
 
-            forward_backward(model, _indexed(mbs["teacher"], idx), anchor_loss)
+            forward_backward(model, _indexed(mbs["teacher"], idx), anchor_loss, sync_grads=last_group)
         teacher_logits.clear()
     out = _reduced(sums, dp_group)
     rows = max(out.pop("rows", 1.0), 1.0)

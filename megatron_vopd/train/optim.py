@@ -1,13 +1,24 @@
-"""The optimiser, its learning-rate schedule and the data-parallel gradient reduction.
+"""The student's optimiser: Megatron-Core's DDP and optimizer, and the learning-rate schedule.
 
-AdamW over this rank's parameters (its TP shard of its PP stage), with Megatron's convention of no
-weight decay on biases and norms (1-D parameters); the learning rate is a pure function of the step
-(linear warm-up from 0, then constant or cosine down to ``min_lr``), so resuming needs only the
-step. Gradients of a data-parallel replica are summed over the data-parallel group (the loss is
-already normalised by the global token count) before clipping.
+One code path on GPUs and CPUs (the CPU path runs the same classes under gloo through the shims of
+``runtime/cpu_shims.py``):
 
-Megatron's distributed optimizer (sharded fp32 master weights) needs its DDP wrapper and CUDA
-buffers; this module is the plain, device-agnostic optimizer the CPU path runs.
+* ``DistributedDataParallel`` (megatron-core) wraps the model stage: gradients accumulate in a
+  contiguous **fp32** buffer (``param.main_grad``, whatever the parameter dtype) and are summed over
+  data parallelism in buckets (all-reduce, or reduce-scatter with the distributed optimizer),
+  overlapped with the backward pass when ``optimizer.overlap_grad_reduce``. Losses are already
+  normalised by the step's global token count, so the reduction sums (the model config sets
+  ``calculate_per_token_loss``).
+* ``get_megatron_optimizer``: AdamW (TE's FusedAdam on GPUs, ``CpuFusedAdam`` on CPUs) behind
+  Megatron's mixed-precision wrapper. With bf16/fp16 parameters it keeps **fp32 master weights**
+  (``Float16OptimizerWithFloat16Params``; with ``optimizer.distributed`` the ``DistributedOptimizer``,
+  which also shards the masters and Adam moments over data parallelism): each step updates the
+  masters from the fp32 main grads and writes the rounded values back into the model. fp32
+  parameters are their own masters (``FP32Optimizer``). Gradient norm and clipping (over the model-
+  parallel group, each parameter counted once) are Megatron's. No weight decay on biases and 1-D
+  parameters (Megatron's convention). fp16 adds Megatron's dynamic loss scaler (bf16 needs none).
+
+The learning rate is a pure function of the step (:func:`lr_at`), so resuming needs only the step.
 """
 
 from __future__ import annotations
@@ -15,20 +26,105 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
-from megatron_vopd.config import OptimizerConfig
+from megatron_vopd.config import ModelConfig, OptimizerConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() < 2 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr_at(0, cfg), betas=tuple(cfg.betas),
-                             eps=cfg.eps, foreach=not torch.cuda.is_available() or None,
-                             fused=torch.cuda.is_available() or None)
+def describe(cfg: OptimizerConfig, params_dtype: str, *, cuda: bool) -> dict[str, str]:
+    """Which classes :class:`StudentOptimizer` builds for these settings, without building them."""
+    if cfg.distributed:
+        wrapper = "DistributedOptimizer"
+    elif params_dtype == "float32":
+        wrapper = "FP32Optimizer"
+    else:
+        wrapper = "Float16OptimizerWithFloat16Params"
+    return {
+        "ddp": "megatron.core DistributedDataParallel (fp32 main grads"
+               + (", overlapped reduction)" if cfg.overlap_grad_reduce else ")"),
+        "optimizer": wrapper,
+        "masters": "the fp32 parameters themselves" if params_dtype == "float32" and not cfg.distributed
+        else ("fp32, sharded over data parallelism" if cfg.distributed else "fp32, one copy per rank"),
+        "adam": "FusedAdam (Transformer Engine or apex)" if cuda else "CpuFusedAdam (runtime/cpu_shims.py)",
+    }
+
+
+class StudentOptimizer:
+    """Megatron DDP around one model stage plus Megatron's optimizer over it.
+
+    ``ddp`` is the module to run forward/backward through (it owns the fp32 grad buffers; its
+    ``module`` is the stage); call :meth:`zero_grad` before a step's backward passes and :meth:`step`
+    after them."""
+
+    def __init__(self, model: torch.nn.Module, cfg: OptimizerConfig, model_cfg: ModelConfig):
+        from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+        from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
+        from megatron.core.optimizer import get_megatron_optimizer
+
+        dtype = _DTYPES[model_cfg.params_dtype]
+        wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
+        if wrong:  # Megatron's optimizers pair model and main parameters per dtype buffer
+            raise ValueError(f"model.params_dtype={model_cfg.params_dtype!r} but the model has {', '.join(wrong)} "
+                             "parameters: build it with models.*.build_model")
+        self.cfg, self.model_cfg = cfg, model_cfg
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
+            use_distributed_optimizer=cfg.distributed, bucket_size=cfg.grad_bucket_size,
+            check_for_nan_in_grad=True)
+        self.ddp = DistributedDataParallel(model.config, ddp_cfg, model)
+        self.megatron = get_megatron_optimizer(MegatronOptimizerConfig(
+            optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
+            adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], adam_eps=cfg.eps, clip_grad=cfg.clip_grad,
+            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, params_dtype=dtype,
+            use_distributed_optimizer=cfg.distributed, decoupled_weight_decay=True), [self.ddp])
+        if dtype == torch.float16:  # the schedules multiply each loss by the dynamic loss scale
+            model.config.grad_scale_func = self.megatron.scale_loss
+        inner = [type(o).__name__ for o in getattr(self.megatron, "chained_optimizers", [self.megatron])]
+        if dtype != torch.float32 and "FP32Optimizer" in inner:
+            raise RuntimeError(f"{model_cfg.params_dtype} parameters got an optimizer without master weights")
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The model stage (unwrapped)."""
+        return self.ddp.module
+
+    def zero_grad(self) -> None:
+        self.ddp.zero_grad_buffer()
+        self.megatron.zero_grad()
+
+    def step(self, step: int) -> dict[str, float]:
+        """Finish the gradient reduction (DP; tied embeddings across PP; sequence-parallel norms),
+        then one AdamW step at ``lr_at(step)`` with clipping; ``{"lr", "grad_norm"}``.
+        Non-finite gradients raise in the reduction (DDP's check_for_nan_in_grad)."""
+        from megatron.core.distributed import finalize_model_grads
+
+        finalize_model_grads([self.ddp])
+        lr = lr_at(step, self.cfg)
+        for group in self.megatron.param_groups:
+            group["lr"] = lr
+        ok, grad_norm, _ = self.megatron.step()
+        if not ok:  # fp16: the loss scaler found inf/nan and lowered the scale
+            return {"lr": lr, "grad_norm": float("nan"), "skipped": 1.0}
+        return {"lr": lr, "grad_norm": float(grad_norm)}
+
+    def sharded_state_dict(self, model_sharded_state_dict: dict, *, is_loading: bool = False) -> dict:
+        """The optimizer state for dist_checkpointing, in model space (fp32 masters as
+        ``optimizer.state.fp32_param.<key>``, moments as ``optimizer.state.exp_avg[_sq].<key>``):
+        loadable at any TP/PP/DP layout."""
+        return self.megatron.sharded_state_dict(model_sharded_state_dict, is_loading=is_loading,
+                                                metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+
+    def load_state_dict(self, state: dict) -> None:
+        self.megatron.load_state_dict(state)
+
+    def reload_model_params(self) -> None:
+        """Masters <- the model's current weights (after the model alone was loaded)."""
+        self.megatron.reload_model_params()
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, model_cfg: ModelConfig) -> StudentOptimizer:
+    return StudentOptimizer(model, cfg, model_cfg)
 
 
 def lr_at(step: int, cfg: OptimizerConfig) -> float:
@@ -41,23 +137,3 @@ def lr_at(step: int, cfg: OptimizerConfig) -> float:
     span = max(1, cfg.train_steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def allreduce_gradients(model: torch.nn.Module, group) -> None:
-    """Sum every gradient over ``group`` (the data-parallel group), flattened per dtype."""
-    if group is None or dist.get_world_size(group) == 1:
-        return
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    for dtype in {g.dtype for g in grads}:
-        same = [g for g in grads if g.dtype == dtype]
-        flat = torch.cat([g.reshape(-1) for g in same])
-        dist.all_reduce(flat, group=group)
-        offset = 0
-        for g in same:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()

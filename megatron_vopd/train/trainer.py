@@ -8,7 +8,8 @@ One step (``objective: vision_opd``)::
     samples  = engine.generate(prompts, n=rollout.n_samples) # rank 0 holds the vLLM engine; broadcast
     mbs      = micro_batches(student | teacher sequences)    # this data-parallel rank's share
     metrics  = objectives.vision_opd(model, teacher, mbs)    # teacher fwd, student fwd/bwd, crop anchor
-    grads summed over data parallelism, clipped; AdamW step at lr_at(step); EMA teacher update
+    fp32 grads summed over data parallelism (Megatron DDP), clipped; AdamW step on the fp32 masters at
+    lr_at(step), rounded into the model (Megatron's optimizer, train/optim.py); EMA teacher update (fp32)
     sync_weights(engine, model)                              # the engine follows the policy
     log; every checkpoint.save_interval steps (and at the end): checkpoint
 
@@ -50,7 +51,7 @@ class Trainer:
         from megatron_vopd.models.qwen25_vl import build_model
         from megatron_vopd.runtime import init_distributed
         from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint
-        from megatron_vopd.train.optim import build_optimizer
+        from megatron_vopd.train.optim import build_optimizer, describe
 
         p = cfg.parallel
         self.info = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.seed,
@@ -69,13 +70,15 @@ class Trainer:
         opd = cfg.objective == "vision_opd"
         self.teacher = Teacher(cfg.distill.teacher if opd else "current", self.model,
                                lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate)
-        self.optimizer = build_optimizer(self.model, cfg.optimizer)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.model)
+        chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=torch.cuda.is_available())
+        _log(f"[train] {cfg.model.params_dtype} parameters; {chosen['optimizer']} ({chosen['adam']}), master weights: "
+             f"{chosen['masters']}; {chosen['ddp']}")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
         self.loader = PromptLoader.from_config(cfg, tokenizer=self.tokenizer)
         if latest is not None:
             _log(f"[train] resuming from {latest}")
-            state = load_checkpoint(latest, model=self.model, optimizer=self.optimizer,
-                                    teacher_model=self.teacher.model if self.teacher.is_copy else None)
+            state = load_checkpoint(latest, optimizer=self.optimizer, teacher=self.teacher)
             self.step = self.start_step = int(state["step"])
             self.loader.load_state_dict(state["data"])
         self.engine = None
@@ -143,6 +146,8 @@ class Trainer:
 
         metrics, times = {}, {}
         t = time.perf_counter()
+        self.optimizer.zero_grad()
+        student = self.optimizer.ddp  # forward/backward through Megatron DDP: fp32 main grads
         if self.cfg.objective == "vision_opd":
             samples = self.rollout(batch.prompts)
             times["rollout"] = time.perf_counter() - t
@@ -151,7 +156,7 @@ class Trainer:
                            truncated=sum(r.truncated for r in resps))
             mbs, total_rows = self.micro_batches(batch.prompts, resps)
             t = time.perf_counter()
-            metrics.update(objectives.vision_opd(self.model, self.teacher.model, mbs, distill=self.cfg.distill,
+            metrics.update(objectives.vision_opd(student, self.teacher.model, mbs, distill=self.cfg.distill,
                                                  total_rows=total_rows, dp_group=self.dp_group))
             times["teacher"] = metrics.pop("time/teacher")  # this rank's teacher forward passes
             times["student"] = time.perf_counter() - t - times["teacher"]  # student (+ crop anchor) fwd/bwd
@@ -165,7 +170,7 @@ class Trainer:
                 ids = np.asarray(self.tokenizer.encode(text) + [end], dtype=np.int64)
                 resps.append(Response(i, ids, np.zeros(len(ids), np.float32), False))
             mbs, total_rows = self.micro_batches(batch.prompts, resps)
-            metrics.update(objectives.crop_sft(self.model, {"teacher": mbs["teacher"]}, total_rows=total_rows,
+            metrics.update(objectives.crop_sft(student, {"teacher": mbs["teacher"]}, total_rows=total_rows,
                                                dp_group=self.dp_group))
             times["student"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -186,20 +191,11 @@ class Trainer:
         return metrics
 
     def optimizer_step(self) -> dict:
-        from megatron_vopd.train.grads import clip_grad_norm
-        from megatron_vopd.train.optim import allreduce_gradients, lr_at, set_lr
-
-        allreduce_gradients(self.model, self.dp_group)
-        norm = clip_grad_norm(self.model, self.cfg.optimizer.clip_grad)
-        lr = lr_at(self.step, self.cfg.optimizer)
-        set_lr(self.optimizer, lr)
-        if math.isfinite(norm):
-            self.optimizer.step()
-        else:
-            _log(f"[train] step {self.step + 1}: gradient norm {norm}: optimiser step skipped")
-        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.optimizer.step(self.step)
+        if metrics.pop("skipped", 0.0):
+            _log(f"[train] step {self.step + 1}: fp16 loss scale overflow: optimiser step skipped")
         self.teacher.update(self.model)
-        return {"lr": lr, "grad_norm": norm}
+        return metrics
 
     def answer_stats(self, samples, prompts) -> dict:
         """Entropy (nats) of the parsed answers over all samples, and the share of prompts whose samples
@@ -243,9 +239,8 @@ class Trainer:
         from megatron_vopd.train.checkpoint import save_checkpoint
 
         t0 = time.perf_counter()
-        path = save_checkpoint(self.cfg.checkpoint.dir, self.step, model=self.model, optimizer=self.optimizer,
-                               model_cfg=self.cfg.model, state={"step": self.step, "data": self.loader.state_dict()},
-                               teacher_model=self.teacher.model if self.teacher.is_copy else None,
+        path = save_checkpoint(self.cfg.checkpoint.dir, self.step, optimizer=self.optimizer, model_cfg=self.cfg.model,
+                               state={"step": self.step, "data": self.loader.state_dict()}, teacher=self.teacher,
                                keep_last=self.cfg.checkpoint.keep_last)
         _log(f"[train] checkpoint {path} ({time.perf_counter() - t0:.1f}s)")
 

@@ -28,13 +28,49 @@ def seed():
         return torch.rand(3)
 
 
-def tiny_gpt():
+def tiny_gpt(dtype="float32"):
     from megatron_vopd.config import ParallelConfig, load_model_config
     from megatron_vopd.models.qwen25_vl import Qwen25VLModel
 
     cfg = load_model_config("tiny-qwen2.5-vl")
-    cfg.transformer_impl = "local"
-    return Qwen25VLModel(cfg, ParallelConfig())
+    cfg.transformer_impl, cfg.params_dtype = "local", dtype
+    model = Qwen25VLModel(cfg, ParallelConfig())
+    for p in model.parameters():  # as build_model does
+        p.data = p.data.to(model.config.params_dtype)
+    return model
+
+
+def megatron_optimizer(distributed: bool):
+    """Megatron DDP + get_megatron_optimizer over the bf16 tiny model, after one step."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    model = tiny_gpt("bfloat16")
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, use_distributed_optimizer=distributed), model)
+    opt = get_megatron_optimizer(OptimizerConfig(lr=1e-3, bf16=True, params_dtype=torch.bfloat16,
+                                                 use_distributed_optimizer=distributed), [ddp])
+    ids = torch.randint(0, 1000, (1, 8))
+    ddp(ids, torch.arange(8).expand(3, 1, 8)).float().square().mean().backward()
+    ddp.finish_grad_sync()
+    opt.step()
+    return model, opt
+
+
+def mixed_precision_optimizer():
+    return type(megatron_optimizer(False)[1].chained_optimizers[0]).__name__
+
+
+def distributed_optimizer_reload():
+    from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
+    from megatron.core.dist_checkpointing.mapping import LocalNonpersistentObject, ShardedBase
+
+    model, opt = megatron_optimizer(True)
+    state = opt.sharded_state_dict(model.sharded_state_dict(), metadata={"distrib_optim_sharding_type": "fully_reshardable"})
+    plain = dict_list_map_inplace(lambda v: v.data if isinstance(v, ShardedBase) else
+                                  v.unwrap() if isinstance(v, LocalNonpersistentObject) else v, state)
+    opt.load_state_dict(plain)  # the checkpoint path: fully reshardable state back into the shards
+    return "reloaded"
 
 
 def build():
@@ -66,6 +102,8 @@ WORKLOADS = {
     "current_device_is_cpu": build,
     "cuda_tensors_on_cpu": forward,
     "cuda_sync_and_streams": p2p_sync,
+    "cuda_tensor_type_names": mixed_precision_optimizer,
+    "fused_adam": distributed_optimizer_reload,
 }
 
 
