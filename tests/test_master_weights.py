@@ -49,20 +49,31 @@ def test_bf16_run_moves_like_the_fp32_run(tmp_path, scenes, initial_weights):  #
     fp32, bf16 = exported["float32"], exported["bfloat16"]
     assert set(fp32) == set(bf16) == set(start)
     assert {v.dtype for v in bf16.values()} == {torch.bfloat16} and {v.dtype for v in fp32.values()} == {torch.float32}
-    n = sum(v.numel() for v in fp32.values())
-    moved32 = moved16 = close = 0
-    for k in fp32:
-        ref = fp32[k].to(torch.bfloat16).float()  # the fp32 run's weights at bf16 resolution
-        init = start[k].to(torch.bfloat16).float()
-        moved32 += int((ref != init).sum())
-        ours = bf16[k].float()
-        moved16 += int((ours != init).sum())
-        close += int(((ours - ref).abs() <= bf16_ulp(ref)).sum())
-    print(f"{n} weight-matrix entries: fp32 run moved {moved32 / n:.3f}, bf16 run moved {moved16 / n:.3f}, "
-          f"bf16 within one bf16 ulp of the fp32 run's: {close / n:.3f}")
-    assert moved32 / n > 0.5  # the comparison means something: the fp32 run moved most entries
-    assert close / n >= 0.90
-    assert abs(moved16 - moved32) <= 0.05 * moved32
+    def fractions(names):
+        n = moved32 = moved16 = close = 0
+        for k in names:
+            ref = fp32[k].to(torch.bfloat16).float()  # the fp32 run's weights at bf16 resolution
+            init = start[k].to(torch.bfloat16).float()
+            ours = bf16[k].float()
+            n += ref.numel()
+            moved32 += int((ref != init).sum())
+            moved16 += int((ours != init).sum())
+            close += int(((ours - ref).abs() <= bf16_ulp(ref)).sum())
+        return n, moved32 / n, moved16 / n, close / n
+
+    # the token embedding is most of the entries, and the rows of tokens the data never uses get no
+    # gradient in any precision (only weight decay of lr * 0.01 per step): the moved fractions are also
+    # reported without it
+    embedding = [k for k in fp32 if k.endswith("embed_tokens.weight")]
+    assert len(embedding) == 1
+    for what, names in (("all weight matrices", list(fp32)), ("without the token embedding",
+                                                             [k for k in fp32 if k not in embedding])):
+        n, moved32, moved16, close = fractions(names)
+        print(f"{what} ({n} entries): fp32 run moved {moved32:.3f}, bf16 run moved {moved16:.3f}, "
+              f"bf16 within one bf16 ulp of the fp32 run's: {close:.3f}")
+        assert close >= 0.90
+        assert abs(moved16 - moved32) <= 0.05 * moved32  # about as many entries moved
+    assert moved32 > 0.9  # without the embedding the fp32 run moved nearly every entry: the test has teeth
 
 
 if __name__ == "__main__":
