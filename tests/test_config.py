@@ -287,8 +287,8 @@ def test_half_precision_without_master_weights_cannot_be_expressed():
 
 
 @pytest.mark.parametrize("dtype, distributed, cuda, optimizer, masters, adam", [
-    ("bfloat16", False, True, "Float16OptimizerWithFloat16Params", "fp32, one copy per rank", "FusedAdam (Transformer Engine"),
-    ("bfloat16", True, True, "DistributedOptimizer", "fp32, sharded over data parallelism", "FusedAdam (Transformer Engine"),
+    ("bfloat16", False, True, "Float16OptimizerWithFloat16Params", "fp32, one copy per rank", "FusedAdam (Transformer Engine)"),
+    ("bfloat16", True, True, "DistributedOptimizer", "fp32, sharded over data parallelism", "FusedAdam (Transformer Engine)"),
     ("float16", False, False, "Float16OptimizerWithFloat16Params", "fp32, one copy per rank", "CpuFusedAdam"),
     ("float32", False, False, "FP32Optimizer", "the fp32 parameters themselves", "CpuFusedAdam"),
     ("bfloat16", True, False, "DistributedOptimizer", "fp32, sharded over data parallelism", "CpuFusedAdam"),
@@ -300,3 +300,17 @@ def test_which_optimizer_is_built(dtype, distributed, cuda, optimizer, masters, 
     chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=cuda)
     assert chosen["optimizer"] == optimizer and chosen["masters"] == masters and chosen["adam"].startswith(adam)
     assert chosen["ddp"].startswith("megatron.core DistributedDataParallel (fp32 main grads")
+
+
+def test_distributed_optimizer_on_cuda_without_fused_adam_is_refused():
+    from megatron_vopd.train.optim import check_supported, describe
+
+    cfg = load_config(None, TINY + ["model.params_dtype=bfloat16", "optimizer.distributed=true"]).optimizer
+    with pytest.raises(ConfigError, match=r"optimizer\.distributed=true on CUDA needs FusedAdam from Transformer "
+                                          r"Engine or apex.*set optimizer\.distributed=false"):
+        check_supported(cfg, cuda=True, fused_adam=None)
+    check_supported(cfg, cuda=True, fused_adam="apex")  # the GPU image
+    check_supported(cfg, cuda=False, fused_adam=None)  # the CPU path: runtime/cpu_shims.CpuFusedAdam
+    local = load_config(None, TINY + ["model.params_dtype=bfloat16"]).optimizer
+    check_supported(local, cuda=True, fused_adam=None)  # the non-distributed optimizers reload torch's AdamW
+    assert describe(local, "bfloat16", cuda=True, fused_adam=None)["adam"].startswith("torch.optim.AdamW")

@@ -130,6 +130,15 @@ def test_bf16_roundtrip_and_cross_dtype_loads_are_exact(tmp_path):
     # a bf16 run's checkpoint into an fp32 run: the weights are the stored masters, not the rounded weights
     assert r["bf16_to_fp32"] == {"weights_are_masters": True, "moments": True, "teacher_is_ema32": True}, r
     assert r["model_only_from_bf16_is_masters"], r  # load_model (conversion, checkpoint.load) reads the masters
+    assert r["fp16_restored"] == {"masters": True, "moments": True, "scaler": True}, r
+
+
+def test_torch_adamw_fallback_round_trips(tmp_path):
+    """On CUDA without TE/apex megatron-core steps torch's AdamW (step count per parameter): simulated
+    here by undoing the fused_adam shim, bf16 and fp32 checkpoints restore its state exactly."""
+    r = run_worker("torch_adamw", tmp_path)
+    assert r == {"bfloat16": {"inner": "AdamW", "restored": True, "step": 2.0},
+                 "float32": {"inner": "AdamW", "restored": True, "step": 2.0}}, r
 
 
 @pytest.mark.slow
@@ -458,10 +467,44 @@ def scenario_precision(tmp):
     result["bf16_to_fp32"] = {"weights_are_masters": same(want["masters"], params(into_fp32.model)),
                               "moments": same(want["optimizer"], moments(into_fp32)),
                               "teacher_is_ema32": same(want["ema32"], params(into_fp32.teacher.model))}
+    fp16 = Run(dtype="float16", seed=4)  # fp16: the dynamic loss scaler's state travels too
+    fp16.train(2)
+    want16 = {"masters": fp16.masters(), "moments": moments(fp16),
+              "scaler": copy.deepcopy(fp16.opt.megatron.chained_optimizers[0].grad_scaler.state_dict())}
+    path16 = fp16.save(tmp / "fp16", 2, {"step": 2})
+    fp16.opt.megatron.chained_optimizers[0].grad_scaler.update(True)  # an overflow: the scale changes
+    fp16.train(1)
+    fp16.load(path16)
+    result["fp16_restored"] = {"masters": same(want16["masters"], fp16.masters()),
+                               "moments": same(want16["moments"], moments(fp16)),
+                               "scaler": same(want16["scaler"], fp16.opt.megatron.chained_optimizers[0].grad_scaler.state_dict())}
     cfg32 = tiny_cfg()
     fresh = build_model(cfg32, ParallelConfig(), init_weights=False)
     load_model(fresh, path)
     result["model_only_from_bf16_is_masters"] = same(want["masters"], params(fresh))
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def scenario_torch_adamw(tmp):
+    from megatron.core import optimizer as megatron_optimizer
+
+    from megatron_vopd.runtime import init_distributed
+
+    init_distributed(1, 1)  # applies the CPU shims; then undo the FusedAdam one, as on CUDA without TE/apex
+    megatron_optimizer.Adam, megatron_optimizer.USING_PYTORCH_OPTIMIZER = torch.optim.AdamW, True
+    result = {}
+    for dtype in ("bfloat16", "float32"):
+        run = Run(dtype=dtype)
+        assert run.opt.per_parameter_step
+        run.train(2)
+        want = {"inner": copy.deepcopy(run.inner().state_dict()), "masters": run.masters()}
+        path = run.save(tmp / dtype, 2, {"step": 2})
+        run.train(1)
+        run.load(path)
+        inner = run.inner().state_dict()
+        result[dtype] = {"inner": type(run.inner()).__name__,
+                         "restored": same(want["inner"], inner) and same(want["masters"], run.masters()),
+                         "step": float(inner["state"][0]["step"])}
     print("RESULT " + json.dumps(result), flush=True)
 
 

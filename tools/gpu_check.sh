@@ -12,6 +12,15 @@ cd "$(dirname "$0")/.."
 W=${1:-/tmp/vopd-gpu-check}
 PY=${PYTHON:-python}
 rm -rf "$W" && mkdir -p "$W"
+cat > "$W/losses.py" <<'PYEOF'
+import json, sys
+def losses(run):  # {step: loss} of RUN's RESULT lines (a resumed run appends one line per invocation)
+    out = {}
+    for line in open(f"{sys.argv[1]}/{run}.results"):
+        r = json.loads(line[len("RESULT "):])
+        out.update(zip(r["steps"], r["losses"]))
+    return out
+PYEOF
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::UserWarning
 $PY -c "import torch, megatron.core, transformers; assert torch.cuda.is_available(), 'no CUDA device'; print('[gpu-check]', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| transformers', transformers.__version__)"
 
@@ -38,12 +47,8 @@ sft "$W/resumed" 5
 sft "$W/resumed" 10
 $PY - "$W" <<'PYEOF'
 import json, sys
-def losses(run):
-    out = {}
-    for line in open(f"{sys.argv[1]}/{run}.results"):
-        r = json.loads(line[len("RESULT "):])
-        out.update(zip(r["steps"], r["losses"]))
-    return out
+sys.path.insert(0, sys.argv[1])
+from losses import losses
 straight, resumed = losses("straight"), losses("resumed")
 assert sorted(straight) == sorted(resumed) == list(range(1, 11)), (straight, resumed)
 diff = max(abs(straight[s] - resumed[s]) for s in straight)
@@ -71,12 +76,8 @@ sft "$W/bf16_resumed" 5 "${BF16[@]}"
 sft "$W/bf16_resumed" 10 "${BF16[@]}"
 $PY - "$W" <<'PYEOF'
 import json, sys
-def losses(run):
-    out = {}
-    for line in open(f"{sys.argv[1]}/{run}.results"):
-        r = json.loads(line[len("RESULT "):])
-        out.update(zip(r["steps"], r["losses"]))
-    return out
+sys.path.insert(0, sys.argv[1])
+from losses import losses
 fp32, bf16, resumed = losses("straight"), losses("bf16"), losses("bf16_resumed")
 assert sorted(bf16) == sorted(resumed) == list(range(1, 11)), (bf16, resumed)
 print("RESULT " + json.dumps({

@@ -106,13 +106,16 @@ class CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-_cuda_to_cpu_mode: CudaToCpuMode | None = None
+_modes: list[TorchFunctionMode] = []  # the shims' modes, kept on the mode stack for the life of the process
+
+
+def _enter_for_good(mode: TorchFunctionMode) -> None:
+    mode.__enter__()
+    _modes.append(mode)
 
 
 def _shim_cuda_tensors_on_cpu():
-    global _cuda_to_cpu_mode
-    _cuda_to_cpu_mode = CudaToCpuMode()
-    _cuda_to_cpu_mode.__enter__()  # stays on the mode stack for the life of the process
+    _enter_for_good(CudaToCpuMode())
 
 
 class _NullStream:
@@ -151,13 +154,8 @@ class CudaTypeNamesMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-_cuda_type_names_mode: CudaTypeNamesMode | None = None
-
-
 def _shim_cuda_tensor_type_names():
-    global _cuda_type_names_mode
-    _cuda_type_names_mode = CudaTypeNamesMode()
-    _cuda_type_names_mode.__enter__()  # stays on the mode stack for the life of the process
+    _enter_for_good(CudaTypeNamesMode())
 
 
 class CpuFusedAdam(torch.optim.Optimizer):

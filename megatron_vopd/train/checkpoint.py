@@ -93,10 +93,40 @@ def _canonical(key: str) -> str:
     return MASTER_PREFIX + key[len(_DIST_OPT_MASTER_PREFIX):] if key.startswith(_DIST_OPT_MASTER_PREFIX) else key
 
 
-def _param_groups(optimizer_state: dict) -> list[dict]:
-    """The inner optimizer's parameter groups (with FusedAdam's ``step``) of a Megatron optimizer state."""
-    inner = optimizer_state.get("optimizer", optimizer_state)
-    return inner["param_groups"]
+def _inner(optimizer_state: dict) -> dict:
+    """The inner (torch) optimizer's part of a Megatron optimizer state: ``param_groups`` (and ``state``)."""
+    return optimizer_state.get("optimizer", optimizer_state)
+
+
+def _saved_step(optimizer_state: dict) -> int | None:
+    """The optimizer's step: FusedAdam keeps it in the parameter groups; torch's AdamW (megatron-core's
+    fallback without TE/apex) per parameter, which Megatron collects as ``state.common_step``."""
+    inner = _inner(optimizer_state)
+    steps = {int(g["step"]) for g in inner["param_groups"] if "step" in g}
+    common = inner.get("state", {}).get("common_step")
+    if common is not None:
+        steps.add(int(common))
+    if len(steps) > 1:
+        raise ValueError(f"the optimizer's step differs between parameter groups ({sorted(steps)}); "
+                         "checkpoints keep one step for all")
+    return steps.pop() if steps else None
+
+
+def _restore_step(optimizer_state: dict, step: int | None, per_parameter: bool) -> None:
+    inner = _inner(optimizer_state)
+    if per_parameter:  # torch's AdamW
+        inner.get("state", {}).pop("common_step", None)
+        for state in inner.get("state", {}).values():
+            if step is None:
+                state.pop("step", None)
+            else:
+                state["step"] = torch.tensor(float(step))
+        return
+    for group in inner["param_groups"]:
+        if step is None:
+            group.pop("step", None)
+        else:
+            group["step"] = step
 
 
 def _rng_state() -> dict:
@@ -133,13 +163,10 @@ def save_checkpoint(root, step: int, *, optimizer, model_cfg, state: dict, teach
     root, rank, rng = Path(root), dist.get_rank(), _rng_state()
     model_sd = optimizer.model.sharded_state_dict()
     opt_sd = optimizer.sharded_state_dict(model_sd)
-    steps = {g["step"] for g in _param_groups(opt_sd) if "step" in g}
-    if len(steps) > 1:
-        raise ValueError(f"the optimizer's step differs between parameter groups ({sorted(steps)}); "
-                         "checkpoints keep one step for all")
+    optimizer_step = _saved_step(opt_sd)
     tensors = {str(i): retarget(sh, key=_canonical(sh.key)) for i, (_, sh) in enumerate(_leaves(opt_sd))}
     sharded = {**model_sd, "optimizer": tensors, "train_state": state,
-               "optimizer_state": {"step": steps.pop() if steps else None, "grad_scaler": opt_sd.get("grad_scaler")}}
+               "optimizer_state": {"step": optimizer_step, "grad_scaler": opt_sd.get("grad_scaler")}}
     if teacher is not None and teacher.is_copy:
         sharded["teacher"] = teacher.sharded_state_dict(TEACHER_PREFIX)
 
@@ -259,11 +286,7 @@ def load_checkpoint(path, *, optimizer, teacher=None) -> dict:
     for i, (where, _) in enumerate(leaves):
         _put(opt_sd, where, loaded["optimizer"][str(i)])
     opt_sd = _unwrap_local(opt_sd)
-    for group in _param_groups(opt_sd):
-        if saved["step"] is not None:
-            group["step"] = saved["step"]
-        else:
-            group.pop("step", None)
+    _restore_step(opt_sd, saved["step"], optimizer.per_parameter_step)
     if saved.get("grad_scaler") is not None and "grad_scaler" in opt_sd:
         opt_sd["grad_scaler"] = saved["grad_scaler"]
     optimizer.load_state_dict(opt_sd)

@@ -27,12 +27,38 @@ import math
 
 import torch
 
-from megatron_vopd.config import ModelConfig, OptimizerConfig
+from megatron_vopd.config import ConfigError, ModelConfig, OptimizerConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def describe(cfg: OptimizerConfig, params_dtype: str, *, cuda: bool) -> dict[str, str]:
+def fused_adam_source() -> str | None:
+    """Where megatron-core takes its GPU FusedAdam from: "Transformer Engine", "apex" or None."""
+    try:
+        from transformer_engine.pytorch.optimizers import FusedAdam  # noqa: F401
+
+        return "Transformer Engine"
+    except Exception:  # ImportError, or a TE install that fails while loading its library
+        pass
+    try:
+        from apex.optimizers import FusedAdam  # noqa: F401
+
+        return "apex"
+    except Exception:
+        return None
+
+
+def check_supported(cfg: OptimizerConfig, *, cuda: bool, fused_adam: str | None) -> None:
+    """Refuses settings this machine cannot run, naming the key (ConfigError)."""
+    if cfg.distributed and cuda and fused_adam is None:
+        raise ConfigError(
+            "optimizer.distributed=true on CUDA needs FusedAdam from Transformer Engine or apex (the GPU image has "
+            "both): without them megatron-core falls back to torch's AdamW, whose per-parameter step the distributed "
+            "optimizer cannot reload from its checkpoints; install Transformer Engine or set optimizer.distributed=false")
+
+
+def describe(cfg: OptimizerConfig, params_dtype: str, *, cuda: bool, fused_adam: str | None = "Transformer Engine"
+             ) -> dict[str, str]:
     """Which classes :class:`StudentOptimizer` builds for these settings, without building them."""
     if cfg.distributed:
         wrapper = "DistributedOptimizer"
@@ -46,7 +72,8 @@ def describe(cfg: OptimizerConfig, params_dtype: str, *, cuda: bool) -> dict[str
         "optimizer": wrapper,
         "masters": "the fp32 parameters themselves" if params_dtype == "float32" and not cfg.distributed
         else ("fp32, sharded over data parallelism" if cfg.distributed else "fp32, one copy per rank"),
-        "adam": "FusedAdam (Transformer Engine or apex)" if cuda else "CpuFusedAdam (runtime/cpu_shims.py)",
+        "adam": ("CpuFusedAdam (runtime/cpu_shims.py)" if not cuda else f"FusedAdam ({fused_adam})" if fused_adam
+                 else "torch.optim.AdamW (megatron-core's fallback: neither Transformer Engine nor apex)"),
     }
 
 
@@ -62,6 +89,8 @@ class StudentOptimizer:
         from megatron.core.optimizer import OptimizerConfig as MegatronOptimizerConfig
         from megatron.core.optimizer import get_megatron_optimizer
 
+        cuda = torch.cuda.is_available()
+        check_supported(cfg, cuda=cuda, fused_adam=fused_adam_source() if cuda else None)
         dtype = _DTYPES[model_cfg.params_dtype]
         wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
         if wrong:  # Megatron's optimizers pair model and main parameters per dtype buffer
@@ -71,18 +100,28 @@ class StudentOptimizer:
         ddp_cfg = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
             use_distributed_optimizer=cfg.distributed, bucket_size=cfg.grad_bucket_size,
-            check_for_nan_in_grad=True)
+            # bf16/fp32: a non-finite gradient is a bug, stop there; fp16: overflows are the loss scaler's
+            # business (it skips the step and lowers the scale)
+            check_for_nan_in_grad=dtype != torch.float16)
         self.ddp = DistributedDataParallel(model.config, ddp_cfg, model)
         self.megatron = get_megatron_optimizer(MegatronOptimizerConfig(
             optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
             adam_beta1=cfg.betas[0], adam_beta2=cfg.betas[1], adam_eps=cfg.eps, clip_grad=cfg.clip_grad,
             bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, params_dtype=dtype,
-            use_distributed_optimizer=cfg.distributed, decoupled_weight_decay=True), [self.ddp])
+            use_distributed_optimizer=cfg.distributed, decoupled_weight_decay=True,
+            initial_loss_scale=2.0**16), [self.ddp])  # fp16 only: dynamic loss scaling from 65536 (apex's start)
         if dtype == torch.float16:  # the schedules multiply each loss by the dynamic loss scale
             model.config.grad_scale_func = self.megatron.scale_loss
         inner = [type(o).__name__ for o in getattr(self.megatron, "chained_optimizers", [self.megatron])]
         if dtype != torch.float32 and "FP32Optimizer" in inner:
             raise RuntimeError(f"{model_cfg.params_dtype} parameters got an optimizer without master weights")
+
+    @property
+    def per_parameter_step(self) -> bool:
+        """True for torch's AdamW (megatron-core's fallback without TE/apex on CUDA): its step count is
+        kept per parameter, FusedAdam's in the parameter groups."""
+        inner = [o.optimizer for o in getattr(self.megatron, "chained_optimizers", [self.megatron])]
+        return any(isinstance(o, (torch.optim.Adam, torch.optim.AdamW)) for o in inner)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -96,7 +135,8 @@ class StudentOptimizer:
     def step(self, step: int) -> dict[str, float]:
         """Finish the gradient reduction (DP; tied embeddings across PP; sequence-parallel norms),
         then one AdamW step at ``lr_at(step)`` with clipping; ``{"lr", "grad_norm"}``.
-        Non-finite gradients raise in the reduction (DDP's check_for_nan_in_grad)."""
+        Non-finite bf16/fp32 gradients raise in the reduction (DDP's check_for_nan_in_grad); with fp16 the
+        dynamic loss scaler skips the step (``"skipped": 1.0``) and lowers the scale."""
         from megatron.core.distributed import finalize_model_grads
 
         finalize_model_grads([self.ddp])

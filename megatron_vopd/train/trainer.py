@@ -51,7 +51,7 @@ class Trainer:
         from megatron_vopd.models.qwen25_vl import build_model
         from megatron_vopd.runtime import init_distributed
         from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint
-        from megatron_vopd.train.optim import build_optimizer, describe
+        from megatron_vopd.train.optim import build_optimizer, describe, fused_adam_source
 
         p = cfg.parallel
         self.info = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.seed,
@@ -71,7 +71,8 @@ class Trainer:
         self.teacher = Teacher(cfg.distill.teacher if opd else "current", self.model,
                                lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.model)
-        chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=torch.cuda.is_available())
+        cuda = torch.cuda.is_available()
+        chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=cuda, fused_adam=fused_adam_source() if cuda else None)
         _log(f"[train] {cfg.model.params_dtype} parameters; {chosen['optimizer']} ({chosen['adam']}), master weights: "
              f"{chosen['masters']}; {chosen['ddp']}")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
