@@ -47,7 +47,6 @@ from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state
 
 TRACKER = "latest"
 TEACHER_PREFIX = "teacher."
-OPTIM_PREFIX = "optimizer.state."
 _DIST_OPT_MASTER_PREFIX = "optimizer.state.param."  # the distributed optimizer's name for the masters
 _ITER = re.compile(r"iter_(\d{7})")
 log = logging.getLogger(__name__)
