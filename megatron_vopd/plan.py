@@ -16,8 +16,9 @@ Training state, per parameter held by a rank (``n`` = parameters on that rank, `
   masters); with the distributed optimizer (``optimizer.distributed``) ``ceil(4 n / DP)``
 - optimizer: AdamW exp_avg + exp_avg_sq in fp32, ``8 n``; distributed ``ceil(8 n / DP)``
 - teacher: the EMA (or frozen) teacher copy in the model dtype, ``w n``; plus, for an EMA teacher with
-  bf16/fp16 weights, its fp32 copy (``teacher_ema32``, ``4 n``, not sharded); 0 for
-  ``distill.teacher=current`` (the student's own weights under no_grad)
+  bf16/fp16 weights, its fp32 copy (``teacher_ema32``), sharded over data parallelism whatever the
+  optimizer (``distill/fp32_copy.py``): ``ceil(4 n / DP)``; 0 for ``distill.teacher=current`` (the
+  student's own weights under no_grad)
 
 Which parameters a rank holds: each decoder layer is split over TP (``ceil(layer / TP)``, norms
 counted as split too: they are < 0.01% of a layer), PP stages get ``num_layers / PP`` layers each.
@@ -182,7 +183,7 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
             "masters": shard(BYTES_MASTER * n) if half else 0,
             "optimizer": shard(BYTES_MOMENTS * n),
             "teacher": w * n if teacher_copy else 0,
-            "teacher_ema32": BYTES_EMA32 * n if half and cfg.distill.teacher == "ema" else 0,
+            "teacher_ema32": _ceil_div(BYTES_EMA32 * n, dp) if half and cfg.distill.teacher == "ema" else 0,
             "activations": activation_bytes(m, tokens, tp, pp, stage, sequence_parallel=cfg.parallel.sequence_parallel,
                                             flash_attention=flash_attention),
             "logits": tokens * _ceil_div(m.vocab_size, tp) * 4 if stage in ("last", "only") else 0,

@@ -89,9 +89,9 @@ def test_bf16_ema_teacher_moves_as_the_fp32_one():
             student.weight.copy_(init)
         teacher = Teacher("ema", student, lambda d=dtype: torch.nn.Linear(256, 256, bias=False).to(d), ema_rate=0.05)
         if name == "bf16 without copy":
-            teacher.ema32 = None  # the naive bf16 lerp, to show what the copy is for
+            teacher.fp32 = None  # the naive bf16 lerp, to show what the copy is for
         models[name] = (student, teacher)
-    assert models["fp32"][1].ema32 is None and models["bf16"][1].ema32 is not None
+    assert models["fp32"][1].fp32 is None and models["bf16"][1].fp32 is not None
     master = init.clone()
     for _ in range(40):
         master += 1e-4 * direction  # the fp32 master; each student holds it in its own dtype
@@ -113,5 +113,5 @@ def test_bf16_ema_teacher_moves_as_the_fp32_one():
     assert state["weight"].dtype == torch.float32
     fresh = Teacher("ema", models["bf16"][0], lambda: torch.nn.Linear(256, 256, bias=False).to(torch.bfloat16))
     fresh.load_state_dict(state)
-    assert torch.equal(fresh.ema32["weight"], state["weight"])
+    assert torch.equal(fresh.fp32.full()["weight"], state["weight"])
     assert torch.equal(fresh.model.weight, state["weight"].to(torch.bfloat16))

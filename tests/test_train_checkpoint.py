@@ -143,13 +143,16 @@ def test_torch_adamw_fallback_round_trips(tmp_path):
 
 @pytest.mark.slow
 def test_distributed_optimizer_checkpoint_loads_without_it(tmp_path):
-    """DP=2 with the distributed optimizer (masters and moments sharded over DP) saves in model space: a
-    DP=1 run with the non-distributed bf16 optimizer resumes with exactly the same masters and moments."""
+    """DP=2 with the distributed optimizer (masters and moments sharded over DP) and the EMA's fp32 copy
+    sharded over DP saves in model space: a DP=1 run with the non-distributed bf16 optimizer resumes with
+    exactly the same masters, moments and fp32 EMA."""
     code, result, out = torchrun(WORKER, 2, "dp2_distributed_save", str(tmp_path))
     assert code == 0 and result is not None, out[-4000:]
+    # the bf16 EMA teacher's fp32 copy is sharded over DP too, and updates exactly as an unsharded one
+    assert result == {"ema_sharded": True, "ema_equals_unsharded": True}, result
     r = run_worker("dp1_load_distributed", tmp_path)
     assert r == {"masters_equal": True, "exp_avg_equal": True, "exp_avg_sq_equal": True, "weights_equal": True,
-                 "step": 2, "masters": r["masters"]} and r["masters"] > 50, r
+                 "teacher_equal": True, "step": 2, "masters": r["masters"]} and r["masters"] > 50, r
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -195,8 +198,13 @@ class Run:
         self.model = build_model(self.cfg, parallel)
         self.opt = build_optimizer(self.model, OptimizerConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, clip_grad=0.0,
                                                                distributed=distributed), self.cfg)
-        self.teacher = Teacher("ema", self.model, lambda: build_model(self.cfg, parallel, init_weights=False), ema_rate=0.5)
+        from megatron.core import parallel_state as ps
+
+        group = ps.get_data_parallel_group() if self.info.dp_size > 1 else None
+        self.teacher = Teacher("ema", self.model, lambda: build_model(self.cfg, parallel, init_weights=False), ema_rate=0.5,
+                               group=group)
         self.steps = 0
+        self.reference_ema = {n: p.detach().float().clone() for n, p in self.model.named_parameters()}
 
     def train(self, steps):
         from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
@@ -208,6 +216,8 @@ class Run:
             self.opt.step(self.steps)
             self.steps += 1
             self.teacher.update(self.model)
+            for n, p in self.model.named_parameters():  # the EMA in fp32, unsharded, for comparison
+                self.reference_ema[n].lerp_(p.detach().float(), 0.5)
 
     def save(self, root, step, state, teacher=True, **kw):
         from megatron_vopd.train.checkpoint import save_checkpoint
@@ -432,7 +442,7 @@ def scenario_precision(tmp):
     result = {}
     bf16 = Run(dtype="bfloat16")
     bf16.train(2)
-    want = {"weights": params(bf16.model), "masters": bf16.masters(), "ema32": {k: v.clone() for k, v in bf16.teacher.ema32.items()},
+    want = {"weights": params(bf16.model), "masters": bf16.masters(), "ema32": {k: v.clone() for k, v in bf16.teacher.fp32.full().items()},
             "optimizer": moments(bf16)}
     path = bf16.save(tmp / "bf16", 2, {"step": 2})
     meta = dist_checkpointing.load_tensors_metadata(str(path))
@@ -440,7 +450,7 @@ def scenario_precision(tmp):
 
     def check():
         return {"weights": same(want["weights"], params(bf16.model)), "masters": same(want["masters"], bf16.masters()),
-                "ema32": same(want["ema32"], bf16.teacher.ema32), "optimizer": same(want["optimizer"], moments(bf16))}
+                "ema32": same(want["ema32"], bf16.teacher.fp32.full()), "optimizer": same(want["optimizer"], moments(bf16))}
 
     bf16.train(1)
     result["bf16_perturbed"] = check()
@@ -460,7 +470,7 @@ def scenario_precision(tmp):
         "masters_exact": same(stored, masters),
         "weights_rounded": same({k: v.to(torch.bfloat16) for k, v in stored.items()}, params(into_bf16.model)),
         "moments": same(moments(fp32), moments(into_bf16)),
-        "ema32_exact": same(params(fp32.teacher.model), into_bf16.teacher.ema32)}
+        "ema32_exact": same(params(fp32.teacher.model), into_bf16.teacher.fp32.full())}
 
     into_fp32 = Run(dtype="float32", seed=3)
     into_fp32.load(path)
@@ -526,9 +536,12 @@ def scenario_dp2_distributed_save(tmp):
     run.train(2)
     run.save(tmp / "ckpt", 2, {"step": 2})
     gathered = distributed_state(run)
+    teacher = {k: v.clone() for k, v in run.teacher.fp32.full().items()}
+    sharded = run.teacher.fp32.shard.numel() < sum(p.numel() for p in run.model.parameters())
     if run.info.rank == 0:
-        torch.save({"state": gathered, "weights": params(run.model)}, tmp / "dp2_state.pt")
-        print("RESULT " + json.dumps({"saved": True}), flush=True)
+        torch.save({"state": gathered, "weights": params(run.model), "teacher": teacher}, tmp / "dp2_state.pt")
+        print("RESULT " + json.dumps({"ema_sharded": sharded, "ema_equals_unsharded": same(run.reference_ema, teacher)}),
+              flush=True)
 
 
 def scenario_dp1_load_distributed(tmp):
@@ -542,6 +555,7 @@ def scenario_dp1_load_distributed(tmp):
         "exp_avg_sq_equal": same({n: s["exp_avg_sq"] for n, s in want["state"].items()},
                                  {n: m["exp_avg_sq"] for n, m in got.items()}),
         "weights_equal": same(want["weights"], params(run.model)), "step": state["step"],
+        "teacher_equal": same(want["teacher"], run.teacher.fp32.full()),
         "masters": len(masters)}), flush=True)
 
 

@@ -106,7 +106,7 @@ def test_local_dryrun_lists_the_demo_stages_in_the_runtime_env(tmp_path):
     (["--recipe", "qwen2.5-vl-7b", "--executor", "docker", "--image", IMAGE, "--nodes", "2"], "--nodes must be 1"),
     (["--recipe", "qwen2.5-vl-7b", "--executor", "slurm", "--image", IMAGE, "--account", "a", "--mount", "/data"],
      "--mount '/data': expected SRC:DST"),
-    # 32B is TP8 x PP4: 8 GPUs cannot hold one model replica
+    # 32B is TP8 x PP2: 8 GPUs cannot hold one model replica
     (["--recipe", "qwen2.5-vl-32b", "--executor", "slurm", "--image", IMAGE, "--account", "a", "--nodes", "1"],
      "stage 'train' (configs/scaleout/qwen2.5-vl-32b.yaml)"),
     (["--recipe", "qwen2.5-vl-7b", "--executor", "docker", "--image", IMAGE, "optimizer.lr=fast"], "optimizer.lr"),

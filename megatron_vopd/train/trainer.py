@@ -69,7 +69,8 @@ class Trainer:
             load_model(self.model, source)
         opd = cfg.objective == "vision_opd"
         self.teacher = Teacher(cfg.distill.teacher if opd else "current", self.model,
-                               lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate)
+                               lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate,
+                               group=self.dp_group)  # the fp32 EMA copy of a bf16 teacher is sharded over DP
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.model)
         cuda = torch.cuda.is_available()
         chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=cuda, fused_adam=fused_adam_source() if cuda else None)
