@@ -70,7 +70,10 @@ print("RESULT " + json.dumps({"transformer_engine": te, "auto_impl": resolve_tra
 PYEOF
 
 echo "[gpu-check] 4/4 bf16 + Megatron DDP + distributed optimizer: 10 steps vs fp32 (part 2), 5 + resume + 5"
-BF16=(model.params_dtype=bfloat16 optimizer.distributed=true optimizer.overlap_grad_reduce=true)
+# the distributed optimizer needs TE's or apex's FusedAdam on CUDA (the GPU image has them); else the bf16 one
+DIST=$($PY -c "from megatron_vopd.train.optim import fused_adam_source as f; print('true' if f() else 'false')")
+echo "[gpu-check] FusedAdam available: $DIST -> optimizer.distributed=$DIST"
+BF16=(model.params_dtype=bfloat16 optimizer.distributed=$DIST optimizer.overlap_grad_reduce=true)
 sft "$W/bf16" 10 "${BF16[@]}"
 sft "$W/bf16_resumed" 5 "${BF16[@]}"
 sft "$W/bf16_resumed" 10 "${BF16[@]}"
