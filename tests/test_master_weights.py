@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_convert import convert, vopd  # noqa: F401 - the real `vopd convert`
+from tests.test_convert import convert  # the real `vopd convert`
 from tests.test_teacher import bf16_ulp
 from tests.test_trainer import recipe, scenes, train  # noqa: F401 - scenes is a fixture
 

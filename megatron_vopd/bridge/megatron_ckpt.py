@@ -128,13 +128,29 @@ def retarget(sh, *, key: str | None = None, data=None):
     return dataclasses.replace(sh, **changes)
 
 
-def weights_request(sharded: dict, stored_keys) -> dict:
+def reads(sh) -> tuple:
+    """What a load-request entry reads: (key, global offset) of each tensor it builds (layers share a
+    key and differ by offset); () for non-tensor entries."""
+    from megatron.core.dist_checkpointing.dict_utils import nested_values
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    if isinstance(sh, ShardedTensorFactory):
+        return tuple((t.key, t.global_offset) for t in nested_values(sh.build()))
+    return ((sh.key, sh.global_offset),) if isinstance(sh, ShardedTensor) else ()
+
+
+def weights_request(sharded: dict, stored_keys, shared_reads=()) -> dict:
     """The model's sharded state dict, each weight read from its fp32 master where the checkpoint holds
-    one (a bf16/fp16 training run): exact weights for an fp32 model, the same rounding for a bf16 one."""
+    one (a bf16/fp16 training run): exact weights for an fp32 model, the same rounding for a bf16 one.
+    Entries whose master another request entry reads already (``shared_reads``: the optimizer's) get no
+    fp32 buffer: the caller sets those weights from that entry."""
     import torch
 
     def from_master(v):
-        return retarget(v, key=MASTER_PREFIX + v.key, data=torch.empty_like(v.data, dtype=torch.float32))
+        moved = retarget(v, key=MASTER_PREFIX + v.key)
+        if reads(moved) in shared_reads:
+            return moved
+        return retarget(moved, data=torch.empty_like(v.data, dtype=torch.float32))
 
     return {k: from_master(v) if MASTER_PREFIX + v.key in stored_keys else v for k, v in sharded.items()}
 

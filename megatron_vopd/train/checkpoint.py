@@ -42,8 +42,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, require_dist_checkpoint, retarget,
-                                                weights_request, write_atomically, write_model_config)
+from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, reads, require_dist_checkpoint,
+                                                retarget, weights_request, write_atomically, write_model_config)
 
 TRACKER = "latest"
 TEACHER_PREFIX = "teacher."
@@ -212,27 +212,6 @@ def latest_checkpoint(root) -> Path | None:
     return path
 
 
-def _keys(sh) -> list[str]:
-    """The checkpoint keys a sharded tensor (or factory) of a request reads."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    if isinstance(sh, ShardedTensorFactory):
-        return [t.key for t in nested_values(sh.build())]
-    return [sh.key] if isinstance(sh, ShardedTensor) else []
-
-
-def _reads(sh) -> tuple:
-    """What a request entry reads: (key, global offset) of each tensor it builds (layers share a key and
-    differ by offset)."""
-    from megatron.core.dist_checkpointing.dict_utils import nested_values
-    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-
-    if isinstance(sh, ShardedTensorFactory):
-        return tuple((t.key, t.global_offset) for t in nested_values(sh.build()))
-    return ((sh.key, sh.global_offset),) if isinstance(sh, ShardedTensor) else (id(sh),)
-
-
 def load_checkpoint(path, *, optimizer, teacher=None) -> dict:
     """Collective: restore weights, masters, optimizer state, teacher copy and this rank's RNG; returns
     the saved ``state``."""
@@ -263,13 +242,13 @@ def load_checkpoint(path, *, optimizer, teacher=None) -> dict:
         leaves.append((where, sh))
     # one request per stored tensor: where the optimizer reads the tensor a weight would be read from
     # (an fp32 checkpoint's weights as a bf16 run's masters), the weight is set from the optimizer's copy
-    opt_reads = {_reads(sh): i for i, sh in opt_request.items()}
-    weights = weights_request(model_sd, meta)
-    shared = {k: opt_reads[_reads(v)] for k, v in weights.items() if _reads(v) in opt_reads}
+    opt_reads = {reads(sh): i for i, sh in opt_request.items()}
+    weights = weights_request(model_sd, meta, shared_reads=opt_reads)
+    shared = {k: opt_reads[r] for k, v in weights.items() if (r := reads(v)) and r in opt_reads}
     request = {**{k: v for k, v in weights.items() if k not in shared}, "optimizer": opt_request}
     if teacher is not None and teacher.is_copy:
         request["teacher"] = teacher.sharded_state_dict(TEACHER_PREFIX)
-    absent = sorted({k for sh in nested_values(request) for k in _keys(sh) if k not in meta})
+    absent = sorted({k for sh in nested_values(request) for k, _ in reads(sh) if k not in meta})
     if absent:
         raise KeyError(f"{path}: {len(absent)} tensors not in the checkpoint: {', '.join(absent[:5])}"
                        + (" ..." if len(absent) > 5 else ""))

@@ -29,9 +29,6 @@ import torch
 
 from megatron_vopd.config import ConfigError, ModelConfig, OptimizerConfig
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
 def fused_adam_source() -> str | None:
     """Where megatron-core takes its GPU FusedAdam from: "Transformer Engine", "apex" or None."""
     try:
@@ -90,8 +87,10 @@ class StudentOptimizer:
         from megatron.core.optimizer import get_megatron_optimizer
 
         cuda = torch.cuda.is_available()
-        check_supported(cfg, cuda=cuda, fused_adam=fused_adam_source() if cuda else None)
-        dtype = _DTYPES[model_cfg.params_dtype]
+        fused_adam = fused_adam_source() if cuda else None
+        check_supported(cfg, cuda=cuda, fused_adam=fused_adam)
+        self.description = describe(cfg, model_cfg.params_dtype, cuda=cuda, fused_adam=fused_adam)
+        dtype = model.config.params_dtype  # the TransformerConfig's torch dtype of model.params_dtype
         wrong = sorted({str(p.dtype) for p in model.parameters() if p.dtype != dtype})
         if wrong:  # Megatron's optimizers pair model and main parameters per dtype buffer
             raise ValueError(f"model.params_dtype={model_cfg.params_dtype!r} but the model has {', '.join(wrong)} "
@@ -112,16 +111,15 @@ class StudentOptimizer:
             initial_loss_scale=2.0**16), [self.ddp])  # fp16 only: dynamic loss scaling from 65536 (apex's start)
         if dtype == torch.float16:  # the schedules multiply each loss by the dynamic loss scale
             model.config.grad_scale_func = self.megatron.scale_loss
-        inner = [type(o).__name__ for o in getattr(self.megatron, "chained_optimizers", [self.megatron])]
-        if dtype != torch.float32 and "FP32Optimizer" in inner:
+        self.wrappers = list(getattr(self.megatron, "chained_optimizers", [self.megatron]))  # Megatron's, per group
+        if dtype != torch.float32 and any(type(o).__name__ == "FP32Optimizer" for o in self.wrappers):
             raise RuntimeError(f"{model_cfg.params_dtype} parameters got an optimizer without master weights")
 
     @property
     def per_parameter_step(self) -> bool:
         """True for torch's AdamW (megatron-core's fallback without TE/apex on CUDA): its step count is
         kept per parameter, FusedAdam's in the parameter groups."""
-        inner = [o.optimizer for o in getattr(self.megatron, "chained_optimizers", [self.megatron])]
-        return any(isinstance(o, (torch.optim.Adam, torch.optim.AdamW)) for o in inner)
+        return any(isinstance(o.optimizer, (torch.optim.Adam, torch.optim.AdamW)) for o in self.wrappers)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -157,10 +155,6 @@ class StudentOptimizer:
 
     def load_state_dict(self, state: dict) -> None:
         self.megatron.load_state_dict(state)
-
-    def reload_model_params(self) -> None:
-        """Masters <- the model's current weights (after the model alone was loaded)."""
-        self.megatron.reload_model_params()
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig, model_cfg: ModelConfig) -> StudentOptimizer:

@@ -29,7 +29,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.distributed as dist
 
 from megatron_vopd.config import VopdConfig, load_config, validate
@@ -51,7 +50,7 @@ class Trainer:
         from megatron_vopd.models.qwen25_vl import build_model
         from megatron_vopd.runtime import init_distributed
         from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint
-        from megatron_vopd.train.optim import build_optimizer, describe, fused_adam_source
+        from megatron_vopd.train.optim import build_optimizer
 
         p = cfg.parallel
         self.info = init_distributed(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, seed=cfg.seed,
@@ -72,8 +71,7 @@ class Trainer:
                                lambda: build_model(cfg.model, p, init_weights=False), cfg.distill.ema_rate,
                                group=self.dp_group)  # the fp32 EMA copy of a bf16 teacher is sharded over DP
         self.optimizer = build_optimizer(self.model, cfg.optimizer, cfg.model)
-        cuda = torch.cuda.is_available()
-        chosen = describe(cfg.optimizer, cfg.model.params_dtype, cuda=cuda, fused_adam=fused_adam_source() if cuda else None)
+        chosen = self.optimizer.description
         _log(f"[train] {cfg.model.params_dtype} parameters; {chosen['optimizer']} ({chosen['adam']}), master weights: "
              f"{chosen['masters']}; {chosen['ddp']}")
         self.tokenizer = load_tokenizer(cfg.data.tokenizer)
