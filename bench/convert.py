@@ -30,7 +30,7 @@ CHILD = r"""
 import json, resource, sys, time, psutil, torch
 import megatron.core, transformers
 from megatron_vopd.runtime import init_distributed
-from megatron_vopd.bridge import convert
+from megatron_vopd.models import conversion as convert
 init_distributed(1, 1)
 base = psutil.Process().memory_info().rss
 t0 = time.perf_counter()
@@ -52,13 +52,13 @@ def model_config(quick: bool):
 
 
 def write_random_hf(cfg, out: Path) -> int:
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.bridge import MappingTable
     from megatron_vopd.bridge.hf_config import hf_config
     from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     with torch.device("meta"):
-        meta = Qwen2_5_VLForConditionalGeneration(hf_config(cfg))
+        meta = architecture(cfg.arch).hf_model_class()(hf_config(cfg))
     shapes = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     shapes = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): s for k, s in shapes.items()}
     needed = MappingTable.for_config(cfg).hf_names()

@@ -20,7 +20,7 @@ convention; Megatron's local attention also computes the full masked matrix). No
 norms, RoPE, softmax, SiLU, cross entropy, the embedding lookup and biases (all O(s*h) or O(s*V)).
 
 Model FLOP/s = step FLOPs / median step time, a step being ``forward_backward`` with
-``cross_entropy_loss`` on one micro-batch of text-only tokens (no image, so the vision tower does
+a next-token cross entropy on one micro-batch of text-only tokens (no image, so the vision tower does
 not run), gradients zeroed between steps. The matmul baseline is measured before the steps, after
 each step and after all of them (so both see the same load from other processes on a shared
 machine); the median of all its runs is used.
@@ -37,10 +37,9 @@ import time
 import torch
 
 from megatron_vopd.config import ParallelConfig, load_model_config
-from megatron_vopd.models.mrope import mrope_position_ids
-from megatron_vopd.models.qwen25_vl import build_model
+from megatron_vopd.architecture import architecture
 from megatron_vopd.runtime import init_distributed
-from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
+from megatron_vopd.train.schedule import forward_backward
 
 
 def parse_args(argv=None):
@@ -96,10 +95,18 @@ def make_batch(cfg, seq):
     g = torch.Generator().manual_seed(0)
     # text only: ids below the special tokens (and below the vocabulary)
     input_ids = torch.randint(0, min(cfg.vocab_size, 150000), (1, seq), generator=g)
-    loss_mask = torch.ones(1, seq, dtype=torch.long)
-    loss_mask[:, -1] = 0
-    return dict(input_ids=input_ids, labels=torch.roll(input_ids, -1, dims=1), loss_mask=loss_mask,
-                position_ids=mrope_position_ids(input_ids, None, image_token_id=cfg.image_token_id))
+    positions = torch.ones(1, seq, dtype=torch.bool)
+    positions[:, -1] = False  # every position that has a next token
+    return dict(input_ids=input_ids, logit_positions=positions, targets=input_ids[0, 1:],
+                position_ids=architecture(cfg.arch).position_ids(cfg, input_ids, None))
+
+
+def next_token_loss(logits, batch):
+    """Token-mean cross entropy of the next tokens (vocab-parallel logits [N, V] at logit_positions)."""
+    from megatron.core.tensor_parallel import vocab_parallel_cross_entropy
+
+    loss = vocab_parallel_cross_entropy(logits[None].float(), batch["targets"][None]).mean()
+    return loss, {"loss": loss.detach()}
 
 
 def matmul_runs(n, runs):
@@ -124,7 +131,7 @@ def main(argv=None):
     print(f"model: hidden {cfg.hidden_size}, layers {cfg.num_layers}, heads {cfg.num_attention_heads}, "
           f"kv groups {cfg.num_query_groups}, head dim {cfg.head_dim}, ffn {cfg.ffn_hidden_size}, "
           f"vocab {cfg.vocab_size}, mrope {cfg.mrope_section}, seq 1 x {args.seq}, float32, local", flush=True)
-    model = build_model(cfg, ParallelConfig())
+    model = architecture(cfg.arch).build_model(cfg, ParallelConfig())
     model.train()
     n_params = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("vision_model."))
     batch = make_batch(cfg, args.seq)
@@ -138,7 +145,7 @@ def main(argv=None):
     for i in range(args.warmup + args.steps):
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
-        metrics = forward_backward(model, [batch], cross_entropy_loss)
+        metrics = forward_backward(model, [batch], next_token_loss)
         dt = time.perf_counter() - t0
         timed = i >= args.warmup
         if timed:

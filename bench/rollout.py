@@ -26,29 +26,25 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     args = ap.parse_args()
 
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    from megatron_vopd.bridge.registry import MappingTable
-    from megatron_vopd.config import ParallelConfig, load_model_config
+    from megatron_vopd.architecture import architecture
+    from megatron_vopd.config import ParallelConfig, RolloutConfig, load_model_config
     from megatron_vopd.data.tokenizer import load_tokenizer
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.rollout.engine import SamplingSpec
-    from megatron_vopd.rollout.sync_check import export_folder, make_prompts
-    from megatron_vopd.rollout.vllm_engine import VLLMEngine
+    from megatron_vopd.rollout.factory import start_engine
+    from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.runtime import init_distributed
 
     cfg = load_model_config("tiny-qwen2.5-vl")
     cfg.transformer_impl = "local"
     init_distributed(1, 1)
-    model = build_model(cfg, ParallelConfig())
+    arch = architecture(cfg.arch)
+    model = arch.build_model(cfg, ParallelConfig())
     folder = Path(tempfile.mkdtemp(prefix="vopd-bench-rollout-")) / "model"
-    export_folder(model, cfg, MappingTable.for_config(cfg), folder, True)
-    base = make_prompts(cfg, load_tokenizer("qwen2.5"))
+    engine = start_engine(model, cfg, RolloutConfig(dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1), folder)
+    base = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
     prompts = [base[i % len(base)] for i in range(args.prompts)]
     total = args.prompts * args.n * args.max_tokens
 
-    engine = VLLMEngine(str(folder), dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1)
-    engine.start()
     spec = SamplingSpec(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=0)
     engine.generate([p[0] for p in prompts[:1]], SamplingSpec(max_tokens=2), weight_version=0)  # warm-up
     t0 = time.perf_counter()
@@ -57,7 +53,7 @@ def main() -> None:
     engine.shutdown()
     vllm_tokens = sum(len(s.token_ids) for per in out for s in per)
 
-    hf = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    hf = arch.hf_model_class().from_pretrained(folder, dtype=torch.float32).eval()
     kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.n,
                   max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, pad_token_id=151643)
     hf_tokens, t0 = 0, time.perf_counter()

@@ -19,7 +19,7 @@ responses on the student view (strictly on-policy), so the importance weights
 ``min(exp(logp_old - logp_rollout), 2)`` are 1 at the first step.
 
 * ``ours``: exactly what ``Trainer.train_step`` + ``optimizer_step`` do after the rollout:
-  ``micro_batches`` of the student and teacher views (``--budget`` tokens), ``objectives.vision_opd``
+  ``micro_batches`` of the full and crop views (``--budget`` tokens), ``objectives.VisionOPD``
   with an EMA teacher (``Teacher("ema", ...)``; generalised JSD alpha 0.5, top-k 100 + tail, IS clip 2,
   only the response rows reach the output layer, chunked vocab-parallel loss with in-place gradient),
   through Megatron DDP (fp32 main grads), then ``StudentOptimizer.step`` (``build_optimizer``: Megatron's
@@ -125,14 +125,16 @@ def measured(fn):
 
 
 def make_prompts(args, workdir: Path):
-    from megatron_vopd.data.image_processing import QwenVLImageProcessor
+    from megatron_vopd.architecture import architecture
+    from megatron_vopd.config import load_model_config
     from megatron_vopd.data.loader import PromptLoader
     from megatron_vopd.data.synth import synthesize
     from megatron_vopd.data.tokenizer import load_tokenizer
 
     jsonl = synthesize(workdir / "data", args.prompts, seed=args.seed, size=args.image_size, answer_format="sentence")
     tokenizer = load_tokenizer("qwen2.5")
-    processor = QwenVLImageProcessor.for_family("qwen2.5", min_pixels=56 * 56, max_pixels=args.image_size ** 2)
+    cfg = load_model_config("tiny-qwen2.5-vl")
+    processor = architecture(cfg.arch).image_processor(cfg, min_pixels=56 * 56, max_pixels=args.image_size ** 2)
     loader = PromptLoader.from_file(jsonl, tokenizer=tokenizer, batch_size=args.prompts, shuffle=False,
                                     image_processor=processor, crop_margin=0.5, min_crop_size=56)
     batch = next(iter(loader))
@@ -165,7 +167,7 @@ def on_policy_logprobs(model, mbs) -> None:
         return out.sum() * 0, {}
 
     with torch.no_grad():
-        forward_backward(model, mbs["student"], keep, forward_only=True)
+        forward_backward(model, mbs["full"], keep, forward_only=True)
 
 
 # ---------------------------------------------------------------------- the two stacks
@@ -173,25 +175,26 @@ def on_policy_logprobs(model, mbs) -> None:
 
 class Ours:
     def __init__(self, cfg, state, distill, opt_cfg):
-        from megatron_vopd.config import ParallelConfig
+        from megatron_vopd.architecture import architecture
+        from megatron_vopd.config import ParallelConfig, VopdConfig
         from megatron_vopd.distill.teacher import Teacher
-        from megatron_vopd.models.qwen25_vl import build_model
+        from megatron_vopd.train.objectives import VisionOPD
         from megatron_vopd.train.optim import build_optimizer
 
+        build_model = architecture(cfg.arch).build_model
         self.model = build_model(cfg, ParallelConfig(), init_weights=False)
         self.model.load_state_dict(state)
         self.model.train()
         self.teacher = Teacher("ema", self.model, lambda: build_model(cfg, ParallelConfig(), init_weights=False),
                                distill.ema_rate)
         self.optimizer = build_optimizer(self.model, opt_cfg, cfg)
-        self.distill, self.opt_cfg, self.step_i = distill, opt_cfg, 0
+        self.objective = VisionOPD(VopdConfig(model=cfg, distill=distill), tokenizer=None)
+        self.opt_cfg, self.step_i = opt_cfg, 0
 
-    def step(self, mbs, total_rows):
-        from megatron_vopd.train import objectives
-
+    def step(self, mbs, total_tokens):
         self.optimizer.zero_grad()
-        metrics = objectives.vision_opd(self.optimizer.ddp, self.teacher.model, mbs, distill=self.distill,
-                                        total_rows=total_rows, dp_group=None)
+        metrics = self.objective.gradient(self.optimizer.ddp, self.teacher.model, mbs, total_tokens=total_tokens,
+                                          dp_group=None)
         norm = self.optimizer.step(self.step_i)["grad_norm"]
         self.teacher.update(self.model)
         self.step_i += 1
@@ -199,11 +202,8 @@ class Ours:
 
 
 class Naive:
-    def __init__(self, hf_dir, attn, distill, opt_cfg):
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
-        self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32,
-                                                                         attn_implementation=attn)
+    def __init__(self, hf_dir, attn, distill, opt_cfg, hf_model_class):
+        self.model = hf_model_class.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation=attn)
         self.model.train()
         self.teacher = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=opt_cfg.lr, betas=tuple(opt_cfg.betas),
@@ -217,14 +217,14 @@ class Naive:
                     use_cache=False)
         return out.logits  # [B, S, V]: every position
 
-    def step(self, mbs, total_rows):
+    def step(self, mbs, total_tokens):
         from megatron_vopd.distill.loss import generalized_jsd_loss
         from megatron_vopd.train.optim import lr_at
 
         d = self.distill
         kw = dict(alpha=d.alpha, top_k=d.top_k, temperature=d.temperature, reduction="sum")
         loss_sum, anchor_sum = 0.0, 0.0
-        for smb, tmb in zip(mbs["student"], mbs["teacher"]):
+        for smb, tmb in zip(mbs["full"], mbs["crop"]):
             with torch.no_grad():
                 teacher = self.logits(self.teacher, tmb)[tmb["logit_positions"]]
             student = self.logits(self.model, smb)[smb["logit_positions"]]
@@ -234,12 +234,12 @@ class Naive:
             loss = generalized_jsd_loss(student, teacher, mask, log_ratio=logp - smb["rollout_logprobs"],
                                         is_clip=d.is_clip, **kw)
             loss_sum += loss.item()
-            total = loss / total_rows
+            total = loss / total_tokens
             if d.crop_anchor_weight > 0:
                 crop = self.logits(self.model, tmb)[tmb["logit_positions"]]
                 anchor = generalized_jsd_loss(crop, teacher, mask, is_clip=d.is_clip, **kw)
                 anchor_sum += anchor.item()
-                total = total + anchor * (d.crop_anchor_weight / total_rows)
+                total = total + anchor * (d.crop_anchor_weight / total_tokens)
             total.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.opt_cfg.clip_grad).item()
         for group in self.optimizer.param_groups:
@@ -250,19 +250,21 @@ class Naive:
             for t, s in zip(self.teacher.parameters(), self.model.parameters()):
                 t.lerp_(s, d.ema_rate)
         self.step_i += 1
-        return {"loss": loss_sum / total_rows, "anchor": anchor_sum / total_rows, "grad_norm": norm}
+        return {"loss": loss_sum / total_tokens, "anchor": anchor_sum / total_tokens, "grad_norm": norm}
 
 
 # ---------------------------------------------------------------------- main
 
 
-def run_config(args, anchor, cfg, state, hf_dir, mbs, total_rows):
+def run_config(args, anchor, cfg, state, hf_dir, mbs, total_tokens):
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.config import DistillConfig, OptimizerConfig
 
     distill = DistillConfig(alpha=0.5, top_k=100, teacher="ema", ema_rate=0.05, crop_anchor_weight=anchor)
     opt_cfg = OptimizerConfig(lr=args.lr, weight_decay=0.01, clip_grad=1.0, warmup_steps=10, schedule="constant",
                               micro_batch_tokens=args.budget)
-    stacks = {"ours": Ours(cfg, state, distill, opt_cfg), "naive": Naive(hf_dir, args.attn, distill, opt_cfg)}
+    stacks = {"ours": Ours(cfg, state, distill, opt_cfg), "naive": Naive(hf_dir, args.attn, distill, opt_cfg,
+                                                                         architecture(cfg.arch).hf_model_class())}
     counts = {k: sum(p.numel() for p in s.model.parameters() if p.requires_grad) for k, s in stacks.items()}
     print(f"\n== crop_anchor_weight {anchor:g}: trainable parameters ours {counts['ours']:,}, naive {counts['naive']:,}",
           flush=True)
@@ -272,7 +274,7 @@ def run_config(args, anchor, cfg, state, hf_dir, mbs, total_rows):
     for i in range(args.warmup + args.steps):
         timed = i >= args.warmup
         for name, stack in stacks.items():  # interleaved: both see the same background load
-            m, dt, mem = measured(lambda: stack.step(mbs, total_rows))
+            m, dt, mem = measured(lambda: stack.step(mbs, total_tokens))
             if i == 0:
                 first[name] = m
             if timed:
@@ -286,7 +288,7 @@ def run_config(args, anchor, cfg, state, hf_dir, mbs, total_rows):
     diffs = {k: abs(first["ours"][k] - first["naive"][k]) for k in ("loss", "anchor", "grad_norm")}
     ok = all(diffs[k] <= 1e-4 * abs(first["naive"][k]) + 1e-9 for k in diffs)
     seconds = {k: statistics.median(v) for k, v in times.items()}
-    rate = {k: total_rows / s for k, s in seconds.items()}
+    rate = {k: total_tokens / s for k, s in seconds.items()}
     result = dict(anchor=anchor, step_s=seconds, step_times_s=times, tokens_per_s=rate,
                   peak_added_bytes={k: (max(v) if v else None) for k, v in mems.items()},
                   first_step={k: first[k] for k in stacks}, first_step_abs_diff=diffs, loss_check=ok,
@@ -305,9 +307,9 @@ def run_config(args, anchor, cfg, state, hf_dir, mbs, total_rows):
 def main(argv=None):
     args = parse_args(argv)
     from megatron_vopd.bridge.export import save_hf_weights
-    from megatron_vopd.bridge.registry import MappingTable
+    from megatron_vopd.bridge.table import MappingTable
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.config import ParallelConfig, load_model_config
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.runtime import init_distributed
     from megatron_vopd.train.sequences import micro_batches, view_sequences
 
@@ -323,16 +325,17 @@ def main(argv=None):
         tmp = Path(tmp)
         prompts, pad = make_prompts(args, tmp)
         resps = make_responses(args, cfg.vocab_size)
-        views = {v: view_sequences(prompts, resps, v) for v in ("student", "teacher")}
-        total_rows = sum(len(r.token_ids) for r in resps)
-        mbs = micro_batches(views, budget=args.budget, pad_id=pad, image_token_id=cfg.image_token_id,
-                            spatial_merge_size=cfg.vision.spatial_merge_size)
+        views = {v: view_sequences(prompts, resps, v) for v in ("full", "crop")}
+        total_tokens = sum(len(r.token_ids) for r in resps)
+        arch = architecture(cfg.arch)
+        mbs = micro_batches(views, budget=args.budget, pad_id=pad,
+                            position_ids=lambda ids, grid, mask: arch.position_ids(cfg, ids, grid, mask))
         shapes = {v: [tuple(mb["input_ids"].shape) for mb in mbs[v]] for v in mbs}
         print(f"batch: {args.prompts} prompts x {args.samples} samples = {len(resps)} sequences, "
-              f"{total_rows} response tokens/step; micro-batches (budget {args.budget}) student {shapes['student']}, "
-              f"teacher {shapes['teacher']}", flush=True)
+              f"{total_tokens} response tokens/step; micro-batches (budget {args.budget}) full {shapes['full']}, "
+              f"crop {shapes['crop']}", flush=True)
 
-        model = build_model(cfg, ParallelConfig())  # the initial weights both stacks start from
+        model = arch.build_model(cfg, ParallelConfig())  # the initial weights both stacks start from
         gen = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():  # wider than the 0.02 init (as tests/hf_models.py) so the views' logits differ
             for p in model.parameters():
@@ -345,10 +348,10 @@ def main(argv=None):
         print(f"model: tiny-qwen2.5-vl ({cfg.num_layers} layers, hidden {cfg.hidden_size}, vocab {cfg.vocab_size}), "
               "float32, local; exported to HF safetensors for the naive stack", flush=True)
 
-        results = [run_config(args, w, cfg, state, str(tmp / "hf"), mbs, total_rows) for w in args.anchor_weights]
+        results = [run_config(args, w, cfg, state, str(tmp / "hf"), mbs, total_tokens) for w in args.anchor_weights]
 
     ok = all(r["loss_check"] for r in results)
-    summary = dict(prompts=args.prompts, samples=args.samples, response_tokens=total_rows, budget=args.budget,
+    summary = dict(prompts=args.prompts, samples=args.samples, response_tokens=total_tokens, budget=args.budget,
                    attn=args.attn, threads=torch.get_num_threads(), configs=results, loss_check=ok,
                    ratio=results[0]["ratio"])
     print("\nRESULT " + json.dumps(summary), flush=True)

@@ -25,11 +25,9 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=int, default=256)
     args = ap.parse_args()
 
-    from megatron_vopd.bridge.registry import MappingTable
-    from megatron_vopd.config import ParallelConfig, load_model_config
-    from megatron_vopd.models.qwen25_vl import build_model
-    from megatron_vopd.rollout.sync_check import export_folder
-    from megatron_vopd.rollout.vllm_engine import VLLMEngine
+    from megatron_vopd.architecture import architecture
+    from megatron_vopd.config import ParallelConfig, RolloutConfig, load_model_config
+    from megatron_vopd.rollout.factory import start_engine
     from megatron_vopd.rollout.weight_sync import sync_weights
     from megatron_vopd.runtime import init_distributed
 
@@ -37,13 +35,11 @@ def main() -> None:
     cfg.transformer_impl = "local"
     dtype = "float32" if args.quick else "bfloat16"
     init_distributed(1, 1)
-    model = build_model(cfg, ParallelConfig())
+    model = architecture(cfg.arch).build_model(cfg, ParallelConfig())
     work = Path(tempfile.mkdtemp(prefix="vopd-bench-sync-"))
-    print(f"[bench] exporting the initial weights for the engine to {work}", flush=True)
-    export_folder(model, cfg, MappingTable.for_config(cfg), work / "engine", True)
-    print("[bench] starting the vLLM engine ...", flush=True)
-    engine = VLLMEngine(str(work / "engine"), dtype=dtype, max_model_len=1024, cpu_kvcache_space_gib=1)
-    engine.start()
+    print(f"[bench] exporting the initial weights to {work} and starting the vLLM engine from them ...", flush=True)
+    engine = start_engine(model, cfg, RolloutConfig(dtype=dtype, max_model_len=1024, cpu_kvcache_space_gib=1),
+                          work / "engine")
     syncs = []
     for i in range(args.repeats + 1):
         stats = sync_weights(engine, model, cfg, version=i + 1, bucket_bytes=args.bucket_mb * 1024**2, dtype=dtype)

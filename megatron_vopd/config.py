@@ -32,14 +32,11 @@ from typing import Any, Literal
 
 import yaml
 
+from megatron_vopd.architecture import architecture, registered
+
 # configs/ of a source checkout: <repo>/megatron_vopd/config.py -> <repo>/configs
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / "configs"
 MODEL_RECIPES_DIR = CONFIGS_DIR / "model"
-
-KNOWN_ARCHS = ("qwen2.5-vl",)
-# The tokenizer an architecture's token ids belong to.
-ARCH_TOKENIZER = {"qwen2.5-vl": "qwen2.5"}
-
 
 class ConfigError(ValueError):
     """A configuration that cannot be loaded or cannot run; the message names the key(s)."""
@@ -49,28 +46,13 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class VisionConfig:
-    """The Qwen2.5-VL vision tower (HF ``vision_config``)."""
-
-    depth: int = 4  # number of vision transformer blocks
-    hidden_size: int = 64  # vision block width
-    intermediate_size: int = 128  # vision gated-MLP width
-    num_heads: int = 2  # vision attention heads
-    in_channels: int = 3  # image channels (RGB)
-    patch_size: int = 14  # spatial patch side in pixels
-    temporal_patch_size: int = 2  # frames per patch (a still image is repeated)
-    spatial_merge_size: int = 2  # merger folds merge x merge patches into one LLM token
-    window_size: int = 112  # window-attention side in pixels
-    fullatt_block_indexes: list[int] = field(default_factory=lambda: [1, 3])  # blocks with full attention
-    out_hidden_size: int = 128  # merger output width (= language model hidden_size)
-    hidden_act: str = "silu"  # vision MLP activation
-
-
-@dataclass
 class ModelConfig:
-    """The language model plus its vision tower. Defaults: the tiny Qwen2.5-VL."""
+    """The language model plus its vision tower. Defaults: the tiny Qwen2.5-VL.
 
-    arch: str = "qwen2.5-vl"  # architecture, one of KNOWN_ARCHS
+    The fields every family shares; ``vision`` is the family's own section (its Architecture's
+    ``vision_config`` dataclass), reset to that family's defaults when ``arch`` changes."""
+
+    arch: str = "qwen2.5-vl"  # architecture, one of the registered families (megatron_vopd.architecture)
     num_layers: int = 4  # decoder layers
     hidden_size: int = 128  # decoder width
     ffn_hidden_size: int = 256  # gated-MLP width
@@ -87,13 +69,17 @@ class ModelConfig:
     video_token_id: int = 151656  # <|video_pad|>
     vision_start_token_id: int = 151652  # <|vision_start|>
     vision_end_token_id: int = 151653  # <|vision_end|>
-    vision: VisionConfig = field(default_factory=VisionConfig)  # vision tower
+    vision: Any = None  # vision tower: the family's vision_config dataclass (None = its defaults)
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter/compute dtype
     # layer implementation; auto = Transformer Engine when importable and CUDA is present, else local
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
     fp8: Literal["e4m3", "hybrid"] | None = None  # FP8 format for TE GEMMs; None = off
     fp8_recipe: Literal["delayed", "tensorwise", "blockwise"] = "delayed"  # TE FP8 scaling (when fp8 is set)
     recompute: bool = False  # activation (gradient) checkpointing of full layers
+
+    def __post_init__(self) -> None:
+        if self.vision is None and self.arch in registered():
+            self.vision = architecture(self.arch).vision_config()
 
     @property
     def head_dim(self) -> int:
@@ -346,15 +332,35 @@ def _update(obj: Any, data: Any, prefix: str, source: str, base_dir: Path) -> No
         raise ConfigError(f"{source}: {prefix or 'config'}: expected a mapping, got {data!r} ({type(data).__name__})")
     hints = typing.get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in data.items():
+    items = list(data.items())
+    if isinstance(obj, ModelConfig):  # the family first: it decides the type of the vision section
+        items.sort(key=lambda kv: kv[0] != "arch")
+    for key, value in items:
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
             section = f"of '{prefix}'" if prefix else "at the top level"
             raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys {section}: {', '.join(names)}")
         if isinstance(obj, VopdConfig) and key == "model":
             obj.model = _model_section(obj.model, value, source, base_dir)
+        elif isinstance(obj, ModelConfig) and key == "vision":
+            if obj.vision is None:  # an unknown arch: validate() names it
+                raise ConfigError(f"{source}: {dotted}: model.arch={obj.arch!r} is not a known architecture; "
+                                  f"known: {', '.join(registered())}")
+            obj.vision = _convert(value, type(obj.vision), dotted, source, base_dir, obj.vision)
         else:
             setattr(obj, key, _convert(value, hints[key], dotted, source, base_dir, getattr(obj, key)))
+            if isinstance(obj, ModelConfig) and key == "arch":
+                _family_vision(obj)
+
+
+def _family_vision(model: ModelConfig) -> None:
+    """After ``model.arch`` changed: the vision section of that family (its defaults if it was another's)."""
+    if model.arch not in registered():
+        model.vision = None
+        return
+    family = architecture(model.arch).vision_config
+    if not isinstance(model.vision, family):
+        model.vision = family()
 
 
 def _model_section(current: ModelConfig, value: Any, source: str, base_dir: Path) -> ModelConfig:
@@ -464,7 +470,7 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
 
     world_size None skips the checks that need it; te_available None detects Transformer
     Engine (only when a setting needs it)."""
-    m, v, p = cfg.model, cfg.model.vision, cfg.parallel
+    m, p = cfg.model, cfg.parallel
     tp, pp = p.tensor_model_parallel_size, p.pipeline_model_parallel_size
     errors: list[str] = []
 
@@ -479,14 +485,15 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     # sizes that must be positive (divisions below rely on them)
     positive(m, "model", "num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads",
              "num_query_groups", "vocab_size", "max_position_embeddings", "rope_theta", "rms_norm_eps")
-    positive(v, "model.vision", "depth", "hidden_size", "intermediate_size", "num_heads", "in_channels",
-             "patch_size", "temporal_patch_size", "spatial_merge_size", "window_size", "out_hidden_size")
     positive(p, "parallel", "tensor_model_parallel_size", "pipeline_model_parallel_size")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
 
-    # model
-    check(m.arch in KNOWN_ARCHS, f"model.arch={m.arch!r} is not a known architecture; known: {', '.join(KNOWN_ARCHS)}")
+    # model: the family's own fields first (Architecture.check)
+    family = architecture(m.arch) if m.arch in registered() else None
+    check(family is not None, f"model.arch={m.arch!r} is not a known architecture; known: {', '.join(registered())}")
+    if family is not None:
+        errors.extend(family.check(m))
     check(m.num_attention_heads % m.num_query_groups == 0,
           f"model.num_query_groups={m.num_query_groups} must divide model.num_attention_heads={m.num_attention_heads}")
     if m.kv_channels is None:
@@ -495,23 +502,10 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
               f"model.num_attention_heads={m.num_attention_heads}")
     else:
         check(m.kv_channels > 0, f"model.kv_channels={m.kv_channels} must be > 0")
-    check(len(m.mrope_section) == 3 and sum(m.mrope_section) * 2 == m.head_dim,
-          f"model.mrope_section={m.mrope_section} must have 3 entries summing to head_dim/2 "
-          f"(model.kv_channels / head dim = {m.head_dim})")
     token_ids = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
     for name in token_ids:
         check(0 <= getattr(m, name) < m.vocab_size,
               f"model.{name}={getattr(m, name)} is outside model.vocab_size={m.vocab_size}")
-    check(v.out_hidden_size == m.hidden_size,
-          f"model.vision.out_hidden_size={v.out_hidden_size} must equal model.hidden_size={m.hidden_size}")
-    check(v.hidden_size % v.num_heads == 0,
-          f"model.vision.num_heads={v.num_heads} must divide model.vision.hidden_size={v.hidden_size}")
-    check(all(0 <= i < v.depth for i in v.fullatt_block_indexes),
-          f"model.vision.fullatt_block_indexes={v.fullatt_block_indexes} must lie in [0, model.vision.depth={v.depth})")
-    merged_patch = v.patch_size * v.spatial_merge_size
-    check(v.window_size % merged_patch == 0,
-          f"model.vision.window_size={v.window_size} must be a multiple of model.vision.patch_size * "
-          f"model.vision.spatial_merge_size = {merged_patch}")
 
     # parallelism
     check(m.num_attention_heads % tp == 0,
@@ -554,9 +548,9 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     positive(d, "data", "min_pixels", "max_prompt_length", "max_response_length", "prompts_per_step", "min_crop_size")
     check(d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} must be <= data.max_pixels={d.max_pixels}")
     check(d.crop_margin >= 0, f"data.crop_margin={d.crop_margin} must be >= 0")
-    if m.arch in ARCH_TOKENIZER:
-        check(d.tokenizer == ARCH_TOKENIZER[m.arch],
-              f"data.tokenizer={d.tokenizer!r} does not match model.arch={m.arch!r} (needs {ARCH_TOKENIZER[m.arch]!r})")
+    if family is not None:
+        check(d.tokenizer == family.tokenizer,
+              f"data.tokenizer={d.tokenizer!r} does not match model.arch={m.arch!r} (needs {family.tokenizer!r})")
     positive(r, "rollout", "n_samples", "max_tokens", "tensor_parallel_size", "cpu_kvcache_space_gib",
              "weight_sync_bucket_bytes")
     check(r.temperature > 0, f"rollout.temperature={r.temperature} must be > 0")

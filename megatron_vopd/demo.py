@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,8 +32,9 @@ EVAL_START = 100_000  # held-out scenes are numbered from here: disjoint from th
 def _stage(title: str, recipe: Path, overrides: list[str]) -> float:
     print(f"\n[demo] {title}", flush=True)
     t0 = time.time()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1",
-           "-m", "megatron_vopd.train.trainer", str(recipe), *overrides]
+    from megatron_vopd.runtime.torchrun import torchrun_command
+
+    cmd = torchrun_command(1, "megatron_vopd.train.trainer", str(recipe), *overrides)
     # megatron-core warns at import that apex/Transformer Engine are absent: expected on CPU, noise here
     env = {**os.environ, "PYTHONWARNINGS": os.environ.get("PYTHONWARNINGS", "ignore::UserWarning")}
     if subprocess.run(cmd, env=env).returncode != 0:

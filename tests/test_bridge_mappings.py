@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from megatron_vopd.bridge import MappingTable, architecture
+from megatron_vopd.bridge import MappingTable
 from megatron_vopd.bridge.hf_config import HFConfigError, read_hf_config
 from megatron_vopd.bridge.hf_io import HFCheckpoint, ShardedSafetensorsWriter
 from megatron_vopd.bridge.mappings import QKV, GatedMLP, RowParallel
-from megatron_vopd.bridge.registry import UnknownArchitecture
+from megatron_vopd.architecture import UnknownArchitecture, architecture
 from megatron_vopd.config import load_model_config
 from tests.hf_models import save_tiny_qwen25_vl
 
@@ -84,7 +84,7 @@ def test_sharded_writer_roundtrip(tmp_path):
 
 
 def test_tp_not_dividing_vocab_or_heads_is_named(cfg):
-    from megatron_vopd.bridge.convert import check_layout
+    from megatron_vopd.models.conversion import check_layout
     from megatron_vopd.config import ConfigError
 
     odd = load_model_config("tiny-qwen2.5-vl")

@@ -32,7 +32,7 @@ def convert(direction, src, out, tp=1, pp=1, *extra):
 
 
 def parity(hf, ckpt, tp=1, pp=1, *extra):
-    code, result, out = torchrun("megatron_vopd.bridge.hf_parity", tp * pp, "--hf", str(hf), "--ckpt", str(ckpt),
+    code, result, out = torchrun("megatron_vopd.checks.hf_parity", tp * pp, "--hf", str(hf), "--ckpt", str(ckpt),
                                  "--tp", str(tp), "--pp", str(pp), *extra)
     assert result is not None, out[-4000:]
     return code, result

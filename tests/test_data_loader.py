@@ -36,7 +36,7 @@ def test_batch_holds_both_views_equal_to_transformers(prepared, synth_dir, qwen2
     for prompt in batch.prompts:
         record = records[prompt.id]
         assert prompt.answer == record.answer and prompt.options == record.options
-        for view, path in (("student", record.student_image), ("teacher", record.teacher_image)):
+        for view, path in (("full", record.full_image), ("crop", record.crop_image)):
             encoded = getattr(prompt, view)
             expected = hf([Image.open(synth_dir / path)], return_tensors="np")
             np.testing.assert_array_equal(encoded.pixel_values, expected["pixel_values"])
@@ -46,10 +46,10 @@ def test_batch_holds_both_views_equal_to_transformers(prepared, synth_dir, qwen2
             np.testing.assert_array_equal(encoded.input_ids,
                                           encode_prompt(record.prompt, qwen25_tokenizer, "qwen2.5", [n_pads]))
         # same text, different image: the ids differ only in the number of image pads
-        s, t = prompt.student.input_ids, prompt.teacher.input_ids
+        s, t = prompt.full.input_ids, prompt.crop.input_ids
         assert len(s) > len(t)
         np.testing.assert_array_equal(s[s != PAD], t[t != PAD])
-    assert batch.pixel_values("teacher").shape[0] == batch.image_grid_thw("teacher").prod(axis=1).sum()
+    assert batch.pixel_values("crop").shape[0] == batch.image_grid_thw("crop").prod(axis=1).sum()
 
 
 def test_order_is_seeded_and_covers_every_row_each_epoch(prepared, qwen25_tokenizer):
@@ -82,8 +82,8 @@ def test_resume_from_saved_position(prepared, qwen25_tokenizer):
     for a, b in zip(expected[4:], again):
         assert ids(a) == ids(b) and (a.epoch, a.position) == (b.epoch, b.position)
         for pa, pb in zip(a.prompts, b.prompts):
-            np.testing.assert_array_equal(pa.student.input_ids, pb.student.input_ids)
-            np.testing.assert_array_equal(pa.teacher.pixel_values, pb.teacher.pixel_values)
+            np.testing.assert_array_equal(pa.full.input_ids, pb.full.input_ids)
+            np.testing.assert_array_equal(pa.crop.pixel_values, pb.crop.pixel_values)
     with pytest.raises(ValueError, match="num_rows"):
         resumed.load_state_dict({**state, "num_rows": 7})
 
@@ -96,7 +96,7 @@ def test_long_prompts_are_skipped_and_listed(prepared, qwen25_tokenizer, caplog)
     short = PromptLoader(longer, tokenizer=qwen25_tokenizer, batch_size=4, num_epochs=1, drop_last=False,
                          image_root=meta["image_root"], min_crop_size=56, max_prompt_length=limit)
     kept = [p for b in short for p in b.prompts]
-    assert all(len(p.student.input_ids) <= limit for p in kept)
+    assert all(len(p.full.input_ids) <= limit for p in kept)
     assert sorted(short.skipped) == sorted(r.id for i, r in enumerate(records) if i % 3 == 0)
     assert len(kept) + len(short.skipped) == SYNTH_N
     assert "data.max_prompt_length" in caplog.text
@@ -106,13 +106,13 @@ def test_long_prompts_are_skipped_and_listed(prepared, qwen25_tokenizer, caplog)
 
 def test_computed_crop_when_no_shipped_crop(prepared, qwen25_tokenizer):
     records, meta = read_records(prepared)
-    no_crop = [r.__class__(**{**r.__dict__, "teacher_image": None}) for r in records[:4]]
+    no_crop = [r.__class__(**{**r.__dict__, "crop_image": None}) for r in records[:4]]
     batch = next(iter(PromptLoader(no_crop, tokenizer=qwen25_tokenizer, batch_size=4, shuffle=False,
                                    image_root=meta["image_root"], crop_margin=0.5, min_crop_size=56)))
     for prompt, record in zip(batch.prompts, no_crop):
-        student = Image.open(f"{meta['image_root']}/{record.student_image}")
+        student = Image.open(f"{meta['image_root']}/{record.full_image}")
         crop = crop_view(student, record.bbox, margin=0.5, min_size=56)
-        np.testing.assert_array_equal(prompt.teacher.pixel_values, QwenVLImageProcessor()([crop])["pixel_values"])
+        np.testing.assert_array_equal(prompt.crop.pixel_values, QwenVLImageProcessor()([crop])["pixel_values"])
 
 
 def test_from_config(prepared, qwen25_tokenizer):
@@ -121,17 +121,17 @@ def test_from_config(prepared, qwen25_tokenizer):
     a = PromptLoader.from_config(cfg, tokenizer=qwen25_tokenizer)
     assert (a.batch_size, a.seed, a.min_crop_size, a.image_processor.max_pixels) == (3, 11, 56, 12544)
     batch = next(iter(a))
-    assert len(batch) == 3 and batch.prompts[0].student.image_grid_thw.tolist() == [[1, 8, 8]]  # 112x112 max
+    assert len(batch) == 3 and batch.prompts[0].full.image_grid_thw.tolist() == [[1, 8, 8]]  # 112x112 max
 
 
 def test_qwen35_prompts(prepared, qwen35_tokenizer):
     processor = QwenVLImageProcessor.for_family("qwen3.5")
     batch = next(iter(loader(prepared, qwen35_tokenizer, family="qwen3.5", image_processor=processor)))
     prompt = batch.prompts[0]
-    assert prompt.student.pixel_values.shape[1] == 3 * 2 * 16 * 16
+    assert prompt.full.pixel_values.shape[1] == 3 * 2 * 16 * 16
     pad = SPECIAL_TOKEN_IDS["qwen3.5"]["<|image_pad|>"]
-    assert (prompt.student.input_ids == pad).sum() == prompt.student.image_grid_thw.prod() // 4
-    assert qwen35_tokenizer.decode(prompt.student.input_ids[-6:]) == "assistant\n<think>\n\n</think>\n\n"
+    assert (prompt.full.input_ids == pad).sum() == prompt.full.image_grid_thw.prod() // 4
+    assert qwen35_tokenizer.decode(prompt.full.input_ids[-6:]) == "assistant\n<think>\n\n</think>\n\n"
 
 
 def test_crop_box_geometry():
@@ -161,4 +161,4 @@ def test_raw_jsonl_can_be_loaded_directly(synth_dir, prepared, qwen25_tokenizer)
     from_parquet = loader(prepared, qwen25_tokenizer, shuffle=False)
     assert from_jsonl.records == from_parquet.records
     a, b = next(iter(from_jsonl)), next(iter(from_parquet))
-    np.testing.assert_array_equal(a.prompts[0].teacher.input_ids, b.prompts[0].teacher.input_ids)
+    np.testing.assert_array_equal(a.prompts[0].crop.input_ids, b.prompts[0].crop.input_ids)

@@ -46,7 +46,7 @@ def test_cli_synth_200_then_prepare_round_trips_with_zero_rejects(tmp_path, caps
     assert meta["image_root"] == str(raw.resolve())
     rows = [json.loads(x) for x in (raw / "train.jsonl").read_text().splitlines()]
     for record, row in zip(records, rows):  # every field survives the round trip
-        assert (record.student_image, record.teacher_image, record.original_image) == \
+        assert (record.full_image, record.crop_image, record.original_image) == \
             (row["images"][0], row["teacher_images"][0], row["original_images"][0])
         assert (list(record.bbox), record.prompt, record.answer) == (row["bbox"], row["problem"], row["answer"])
         assert record.question == row["extra_info"]["question"] and record.source == "vopd-synth"

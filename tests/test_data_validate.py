@@ -142,7 +142,7 @@ def test_non_rgb_modes_are_converted_not_rejected(tmp_path, synth_dir, qwen25_to
     batch = next(iter(loader))
     hf = Qwen2VLImageProcessorPil()
     for prompt, row in zip(batch.prompts, rows):
-        for view, key in (("student", "images"), ("teacher", "teacher_images")):
+        for view, key in (("full", "images"), ("crop", "teacher_images")):
             expected = hf([Image.open(raw / row[key][0])], return_tensors="np")  # transformers converts to RGB
             np.testing.assert_array_equal(getattr(prompt, view).pixel_values, expected["pixel_values"])
 

@@ -1,7 +1,7 @@
 """The vocab-parallel distillation loss at TP=2 (two gloo processes under torchrun) equals the dense
 reference on the full logits: loss and the all-gathered student-logit gradient, to 1e-6 in fp64, for
 top_k in {None, 5, 15} x alpha in {0, 0.5, 1} with chunking; and the token statistics (log-probs of
-the sampled tokens, argmax ids) equal log_softmax / argmax of the full logits (megatron_vopd.distill.tp_check)."""
+the sampled tokens, argmax ids) equal log_softmax / argmax of the full logits (megatron_vopd.checks.tp_loss)."""
 
 import pytest
 
@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_vocab_parallel_loss_tp2_matches_dense_reference():
-    code, result, out = torchrun("megatron_vopd.distill.tp_check", 2)
+    code, result, out = torchrun("megatron_vopd.checks.tp_loss", 2)
     assert result is not None, out[-4000:]
     assert result["tp"] == 2
     failed = [case for case in result["cases"] if not case["ok"]]

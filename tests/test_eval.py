@@ -184,8 +184,8 @@ MAKE_CKPTS = textwrap.dedent("""
     from pathlib import Path
     from megatron_vopd.bridge.megatron_ckpt import save_model
     from megatron_vopd.config import ParallelConfig, load_model_config
-    from megatron_vopd.models.qwen25_vl import build_model
-    from megatron_vopd.rollout.sync_check import perturb
+    from megatron_vopd.models.qwen25_vl.model import build_model
+    from megatron_vopd.checks.sync import perturb
     from megatron_vopd.runtime import destroy_distributed, init_distributed
 
     root = Path(sys.argv[1])

@@ -79,7 +79,7 @@ def test_bf16_run_moves_like_the_fp32_run(tmp_path, scenes, initial_weights):  #
 if __name__ == "__main__":
     from megatron_vopd.bridge.megatron_ckpt import save_model
     from megatron_vopd.config import ParallelConfig, load_model_config
-    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.models.qwen25_vl.model import build_model
     from megatron_vopd.runtime import init_distributed
 
     init_distributed(1, 1, seed=1234)

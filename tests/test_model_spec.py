@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from megatron_vopd.config import ConfigError, ParallelConfig, load_model_config
-from megatron_vopd.models.specs import checked_transformer_impl, fp8_settings, transformer_config
+from megatron_vopd.models.qwen25_vl.model import transformer_config
+from megatron_vopd.models.specs import checked_transformer_impl, fp8_settings
 
 
 @pytest.fixture

@@ -76,7 +76,7 @@ def test_built_optimizer_matches_describe_and_keeps_fp32_masters():
 def _build_all():
     from megatron_vopd.config import load_model_config
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.models.qwen25_vl.model import build_model
     from megatron_vopd.runtime import init_distributed
     from megatron_vopd.train.optim import build_optimizer, describe
 

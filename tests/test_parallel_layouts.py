@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     path = tmp_path_factory.mktemp("layouts") / "tp1pp1.pt"
-    code, result, out = torchrun("megatron_vopd.models.layout_check", 1, "--save", str(path))
+    code, result, out = torchrun("megatron_vopd.checks.layouts", 1, "--save", str(path))
     assert code == 0 and result is not None, out[-4000:]
     assert result["loss"] > 0 and result["grad_norm"] > 0
     return path
@@ -19,7 +19,7 @@ def reference(tmp_path_factory):
 
 @pytest.mark.parametrize("tp,pp", [(2, 1), (1, 2), (2, 2)], ids=["tp2", "pp2", "tp2pp2"])
 def test_layout_matches_tp1pp1(reference, tp, pp):
-    code, result, out = torchrun("megatron_vopd.models.layout_check", tp * pp, "--tp", str(tp), "--pp", str(pp), "--compare", str(reference))
+    code, result, out = torchrun("megatron_vopd.checks.layouts", tp * pp, "--tp", str(tp), "--pp", str(pp), "--compare", str(reference))
     assert result is not None, out[-4000:]
     assert result["logits_max_abs_diff"] <= 1e-5, result
     assert result["loss_abs_diff"] <= 1e-5, result

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
 def test_sync_then_rollout_matches_megatron(tmp_path, tp, pp):
     extra = ["--greedy-vs-transformers"] if (tp, pp) == (1, 1) else []
-    code, r, out = torchrun("megatron_vopd.rollout.sync_check", tp * pp, "--tp", str(tp), "--pp", str(pp),
+    code, r, out = torchrun("megatron_vopd.checks.sync", tp * pp, "--tp", str(tp), "--pp", str(pp),
                             "--workdir", str(tmp_path), *extra, timeout=1500)
     assert code == 0 and r is not None, out[-5000:]
     assert r["sampled_tokens"] == 32

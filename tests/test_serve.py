@@ -33,10 +33,10 @@ def _get(url, timeout=5):
 
 
 def test_serve_answers_a_chat_request_with_an_image_and_stops_on_sigterm(tmp_path):
-    from megatron_vopd.data.hf_processor import save_processor
+    from megatron_vopd.architecture import architecture
 
     ckpt = save_tiny_qwen25_vl(tmp_path / "tiny")
-    save_processor(ckpt)
+    architecture("qwen2.5-vl").save_processor(ckpt)
     port = _free_port()
     log = open(tmp_path / "serve.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "megatron_vopd.cli", "serve", "--ckpt", str(ckpt), "--port", str(port),

@@ -171,14 +171,14 @@ def tiny_cfg():
 
 
 def make_batch(cfg):
-    from megatron_vopd.models.layout_check import make_batch as layout_batch
+    from megatron_vopd.checks.common import next_token_targets
+    from megatron_vopd.checks.layouts import make_batch as layout_batch
 
     batch = layout_batch(cfg)
     ids = batch["input_ids"]
     special = torch.isin(ids, torch.tensor([cfg.vision_start_token_id, cfg.vision_end_token_id, cfg.image_token_id]))
     batch["input_ids"] = torch.where(special, ids, ids % 1900)
-    batch["labels"] = torch.roll(batch["input_ids"], -1, dims=1)
-    return batch
+    return next_token_targets(batch, batch["logit_positions"])
 
 
 class Run:
@@ -188,7 +188,7 @@ class Run:
     def __init__(self, tp=1, seed=0, dtype="float32", distributed=False):
         from megatron_vopd.config import OptimizerConfig, ParallelConfig
         from megatron_vopd.distill.teacher import Teacher
-        from megatron_vopd.models.qwen25_vl import build_model
+        from megatron_vopd.models.qwen25_vl.model import build_model
         from megatron_vopd.runtime import init_distributed
         from megatron_vopd.train.optim import build_optimizer
 
@@ -207,7 +207,8 @@ class Run:
         self.reference_ema = {n: p.detach().float().clone() for n, p in self.model.named_parameters()}
 
     def train(self, steps):
-        from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward
+        from megatron_vopd.checks.common import cross_entropy_loss
+        from megatron_vopd.train.schedule import forward_backward
 
         batch = make_batch(self.cfg)
         for _ in range(steps):
@@ -283,7 +284,7 @@ def error(fn) -> str:
 def roundtrip(tmp):
     from megatron_vopd.bridge.megatron_ckpt import load_model, read_model_config
     from megatron_vopd.config import ParallelConfig, to_dict
-    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.models.qwen25_vl.model import build_model
 
     run, root = Run(), tmp / "ckpt"
     run.train(2)
@@ -376,7 +377,7 @@ def full(model, table):
 def optimizer_as_models(run, key):
     """AdamW's ``key`` state in a model of the same layout (to gather it like the weights)."""
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.models.qwen25_vl.model import build_model
 
     shadow = build_model(run.cfg, ParallelConfig(tensor_model_parallel_size=run.info.tp_size), init_weights=False)
     with torch.no_grad():
@@ -436,7 +437,7 @@ def moments(run) -> dict:
 def scenario_precision(tmp):
     from megatron_vopd.bridge.megatron_ckpt import load_model
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.models.qwen25_vl import build_model
+    from megatron_vopd.models.qwen25_vl.model import build_model
     from megatron.core import dist_checkpointing
 
     result = {}

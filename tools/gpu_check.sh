@@ -28,7 +28,7 @@ echo "[gpu-check] 1/4 HF -> Megatron parity on CUDA"
 $PY -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from tests.hf_models import save_tiny_qwen25_vl; save_tiny_qwen25_vl(Path('$W/hf'))"
 $PY -m megatron_vopd.cli convert hf-to-megatron --hf "$W/hf" --out "$W/mg"
 failed=0
-torchrun --standalone --nproc-per-node 1 -m megatron_vopd.bridge.hf_parity --hf "$W/hf" --ckpt "$W/mg" | grep RESULT \
+torchrun --standalone --nproc-per-node 1 -m megatron_vopd.checks.hf_parity --hf "$W/hf" --ckpt "$W/mg" | grep RESULT \
   || { echo "[gpu-check] parity FAILED"; failed=1; }
 
 echo "[gpu-check] 2/4 crop-SFT on CUDA: 10 steps straight vs 5 + resume + 5"

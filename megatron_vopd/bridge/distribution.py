@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.bridge.registry import MappingTable
+from megatron_vopd.bridge.table import MappingTable
 
 _LAYER = re.compile(r"(decoder\.layers\.)(\d+)\.")
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from megatron_vopd.bridge.distribution import iter_full_parameters
 from megatron_vopd.bridge.hf_config import hf_config
 from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
-from megatron_vopd.bridge.registry import MappingTable
+from megatron_vopd.bridge.table import MappingTable
 
 
 def export_hf(model, table: MappingTable, cfg, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:

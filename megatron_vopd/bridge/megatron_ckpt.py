@@ -9,6 +9,7 @@ the training checkpoints of ``megatron_vopd.train.checkpoint``).
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,23 @@ import yaml
 from megatron_vopd.config import ModelConfig, load_model_config, to_dict
 
 MODEL_CONFIG = "vopd_model.yaml"
+# A training run's checkpoints: <root>/iter_0000050/ (the step, 7 digits)
+ITERATION = re.compile(r"iter_(\d{7})")
+
+
+def iteration_name(step: int) -> str:
+    return f"iter_{step:07d}"
+
+
+def iteration_step(name: str) -> int | None:
+    """The step in a folder name like ``iter_0000050`` (or one containing it), else None."""
+    m = ITERATION.fullmatch(name) or ITERATION.search(name)
+    return int(m.group(1)) if m else None
+
+
+def iteration_folders(root: str | Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every ``iter_XXXXXXX`` folder in ``root``, in step order."""
+    return sorted((int(m.group(1)), d) for d in Path(root).iterdir() if d.is_dir() and (m := ITERATION.fullmatch(d.name)))
 
 
 class CheckpointExistsError(FileExistsError):

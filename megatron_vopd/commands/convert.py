@@ -7,11 +7,11 @@ import os
 import subprocess
 import sys
 
-from megatron_vopd.bridge.convert import (ConversionError, hf_to_megatron, megatron_to_hf, preflight_hf_to_megatron,
+from megatron_vopd.models.conversion import (ConversionError, hf_to_megatron, megatron_to_hf, preflight_hf_to_megatron,
                                           preflight_megatron_to_hf)
 from megatron_vopd.bridge.hf_config import HFConfigError
 from megatron_vopd.bridge.megatron_ckpt import CheckpointExistsError
-from megatron_vopd.bridge.registry import UnknownArchitecture
+from megatron_vopd.architecture import UnknownArchitecture
 from megatron_vopd.config import ConfigError
 
 USER_ERRORS = (ConversionError, ConfigError, CheckpointExistsError, UnknownArchitecture, HFConfigError,
@@ -38,15 +38,14 @@ def _add_processor_files(out) -> None:
     """A checkpoint that never had tokenizer/processor files (a random model) gets them built offline."""
     import torch.distributed as dist
 
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.bridge.hf_config import read_hf_config
-    from megatron_vopd.config import ARCH_TOKENIZER
-    from megatron_vopd.data.hf_processor import save_processor
 
     if (dist.is_initialized() and dist.get_rank() != 0) or (out / "tokenizer_config.json").is_file():
         return
-    family = ARCH_TOKENIZER[read_hf_config(out).arch]
-    save_processor(out, family)
-    print(f"[convert] the checkpoint had no tokenizer/processor files: wrote the {family} ones", flush=True)
+    family = architecture(read_hf_config(out).arch)
+    family.save_processor(out)
+    print(f"[convert] the checkpoint had no tokenizer/processor files: wrote the {family.tokenizer} ones", flush=True)
 
 
 def run(args) -> int:
@@ -60,8 +59,9 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if world > 1 and "RANK" not in os.environ:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(world),
-               "-m", "megatron_vopd.cli", *args.argv]
+        from megatron_vopd.runtime.torchrun import torchrun_command
+
+        cmd = torchrun_command(world, "megatron_vopd.cli", *args.argv)
         print(f"[convert] launching {world} processes: torchrun --nproc-per-node {world} ...", flush=True)
         return subprocess.call(cmd)
     from megatron_vopd.runtime import destroy_distributed

@@ -14,12 +14,11 @@ weight sync. Writes ``OUT/eval.json`` (one row per checkpoint, rewritten after e
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 from pathlib import Path
 
-_ITER = re.compile(r"iter_(\d+)")
+from megatron_vopd.bridge.megatron_ckpt import iteration_folders, iteration_step
 
 
 class EvalInputError(ValueError):
@@ -42,8 +41,7 @@ def register(sub) -> None:
 
 def checkpoint_step(path: Path) -> int:
     """The step of a checkpoint folder: the int in ``iter_0000050``, else 0."""
-    m = _ITER.fullmatch(path.name) or _ITER.search(path.name)
-    return int(m.group(1)) if m else 0
+    return iteration_step(path.name) or 0
 
 
 def is_checkpoint(path: Path) -> bool:
@@ -59,8 +57,7 @@ def resolve_checkpoints(paths: list[str]) -> list[tuple[int, Path]]:
         if is_checkpoint(p):
             out.append((checkpoint_step(p), p))
             continue
-        found = sorted((int(m.group(1)), d) for d in p.iterdir()
-                       if d.is_dir() and (m := _ITER.fullmatch(d.name)) and is_checkpoint(d))
+        found = [(step, d) for step, d in iteration_folders(p) if is_checkpoint(d)]
         if not found:
             raise EvalInputError(f"{p}: not a Megatron checkpoint (no metadata.json + vopd_model.yaml) and holds no "
                                  "iter_* checkpoint folders")
@@ -120,16 +117,14 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
                          batch_size: int = 64) -> int:
     import torch
 
-    from megatron_vopd.bridge.export import save_hf_weights
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.bridge.megatron_ckpt import load_model
-    from megatron_vopd.bridge.registry import MappingTable
+    from megatron_vopd.bridge.table import MappingTable
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.data.hf_processor import save_processor
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.eval.accuracy import eval_items, evaluate
     from megatron_vopd.eval.plot import plot_accuracy
-    from megatron_vopd.models.qwen25_vl import build_model
-    from megatron_vopd.rollout.vllm_engine import VLLMEngine
+    from megatron_vopd.rollout.factory import start_engine
     from megatron_vopd.rollout.weight_sync import sync_weights
     from megatron_vopd.runtime import destroy_distributed, init_distributed
 
@@ -147,7 +142,7 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
     init_distributed(1, 1, seed=cfg.seed)
     engine, rows = None, []
     try:
-        model = build_model(model_cfg, ParallelConfig(), init_weights=False)
+        model = architecture(model_cfg.arch).build_model(model_cfg, ParallelConfig(), init_weights=False)
         model.eval()
         table = MappingTable.for_config(model_cfg)
         for version, (step, ckpt) in enumerate(ckpts):
@@ -155,10 +150,8 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
             if engine is None:  # the engine starts from the first checkpoint's weights on disk
                 engine_dir = out / "engine"
                 shutil.rmtree(engine_dir, ignore_errors=True)
-                save_hf_weights(model, table, model_cfg, engine_dir)
-                save_processor(engine_dir, family, min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels)
-                engine = VLLMEngine.from_config(cfg.rollout, str(engine_dir), dtype=dtype)
-                engine.start()
+                engine = start_engine(model, model_cfg, cfg.rollout, engine_dir, min_pixels=cfg.data.min_pixels,
+                                      max_pixels=cfg.data.max_pixels, dtype=dtype)
             else:
                 stats = sync_weights(engine, model, model_cfg, version=version,
                                      bucket_bytes=cfg.rollout.weight_sync_bucket_bytes, dtype=dtype, table=table)

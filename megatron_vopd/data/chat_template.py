@@ -2,7 +2,7 @@
 
 A Vision-OPD prompt is one user turn whose text is the dataset's ``problem`` (with one ``<image>``
 placeholder), no system message from us, and the assistant's generation prompt. The same text is
-used for the student (full image) and the teacher (crop); only the number of ``<|image_pad|>``
+used for both views (full image and crop); only the number of ``<|image_pad|>``
 tokens differs. As in the reference (verl), the problem is split at ``<image>`` into content items:
 
     "<image>\\nWhat colour ...?"  ->  [{"type": "image"}, {"type": "text", "text": "\\nWhat colour ...?"}]

@@ -2,8 +2,8 @@
 
     loader = PromptLoader.from_config(cfg)            # data.train_file, data.*, seed
     for batch in loader:                              # endless by default (num_epochs=None)
-        batch.prompts[0].student.input_ids            # int64 (L_s,): prompt with the full image's pads
-        batch.prompts[0].teacher.pixel_values         # float32 (patches, C*T*P*P): the crop
+        batch.prompts[0].full.input_ids            # int64 (L_s,): prompt with the full image's pads
+        batch.prompts[0].crop.pixel_values         # float32 (patches, C*T*P*P): the crop
         state = loader.state_dict()                   # {"epoch", "position", ...}: save with the checkpoint
     loader.load_state_dict(state)                     # the next batch is the one that followed the save
 
@@ -13,14 +13,13 @@ seen in other epochs, in another order). Prompts longer than ``max_prompt_length
 view) are skipped, logged once and listed in ``loader.skipped``. ``state_dict()`` taken after a
 batch was yielded points just after that batch. One iteration at a time per loader.
 
-Per prompt: the student view is the full image (red box drawn), the teacher view the crop
+Per prompt: the full view is the full image (red box drawn), the crop view the crop
 (``views.load_views``); both go through the same ``QwenVLImageProcessor`` and the same prompt text
 (``chat_template``), so their ``input_ids`` differ only in the number of ``<|image_pad|>`` tokens.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +51,11 @@ class EncodedPrompt:
     id: str
     answer: str  # the correct letter (for evaluation; training is label-free)
     options: tuple[str, ...]
-    student: EncodedView  # full image with the red box
-    teacher: EncodedView  # crop around the evidence
+    full: EncodedView  # full image with the red box
+    crop: EncodedView  # crop around the evidence
     prompt_ids: np.ndarray | None = None  # (L,) int64, ONE image pad: what a rollout engine takes
-    student_image: object = None  # PIL image of the student view (for the rollout engine)
-    teacher_image: object = None  # PIL image of the teacher view
+    full_image: object = None  # PIL image of the full view (for the rollout engine)
+    crop_image: object = None  # PIL image of the crop view
 
 
 @dataclass
@@ -74,11 +73,11 @@ class PromptBatch:
     def answers(self) -> list[str]:
         return [p.answer for p in self.prompts]
 
-    def pixel_values(self, view: str = "student") -> np.ndarray:
+    def pixel_values(self, view: str = "full") -> np.ndarray:
         """All images of one view concatenated (the layout the vision tower takes)."""
         return np.concatenate([getattr(p, view).pixel_values for p in self.prompts], axis=0)
 
-    def image_grid_thw(self, view: str = "student") -> np.ndarray:
+    def image_grid_thw(self, view: str = "full") -> np.ndarray:
         """(batch, 3) grids of one view, in prompt order."""
         return np.concatenate([getattr(p, view).image_grid_thw for p in self.prompts], axis=0)
 
@@ -126,17 +125,18 @@ class PromptLoader:
 
     @classmethod
     def from_config(cls, cfg, path: str | Path | None = None, *, tokenizer=None, **kwargs) -> "PromptLoader":
-        """The loader a ``VopdConfig`` describes: ``data.*`` for files, sizes and the tokenizer family,
-        ``model.vision`` for patch/merge sizes, ``seed`` for the order. ``path`` defaults to data.train_file."""
+        """The loader a ``VopdConfig`` describes: ``data.*`` for files, sizes and the tokenizer family, the
+        model family's image preprocessing (``Architecture.image_processor``), ``seed`` for the order.
+        ``path`` defaults to data.train_file."""
+        from megatron_vopd.architecture import architecture
         from megatron_vopd.data.tokenizer import load_tokenizer
 
-        d, v = cfg.data, cfg.model.vision
+        d = cfg.data
         path = path or d.train_file
         if not path:
             raise ValueError("no data file: set data.train_file (a parquet written by `vopd data prepare`)")
-        processor = dataclasses.replace(
-            QwenVLImageProcessor.for_family(d.tokenizer, min_pixels=d.min_pixels, max_pixels=d.max_pixels),
-            patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size)
+        processor = architecture(cfg.model.arch).image_processor(cfg.model, min_pixels=d.min_pixels,
+                                                                 max_pixels=d.max_pixels)
         options = dict(tokenizer=tokenizer or load_tokenizer(d.tokenizer), family=d.tokenizer,
                        batch_size=d.prompts_per_step, seed=cfg.seed, image_processor=processor,
                        crop_margin=d.crop_margin, min_crop_size=d.min_crop_size,
@@ -181,18 +181,18 @@ class PromptLoader:
 
     def encode(self, record: Record) -> EncodedPrompt:
         """Both views of one record (images opened, processed, prompt tokenised)."""
-        student_image, teacher_image = load_views(record.student_image, record.teacher_image, record.bbox,
+        full_image, crop_image = load_views(record.full_image, record.crop_image, record.bbox,
                                                   root=self.image_root, margin=self.crop_margin,
                                                   min_size=self.min_crop_size)
         ids = tokenize_prompt(record.prompt, self.tokenizer, self.family, thinking=self.thinking)
-        return EncodedPrompt(record.id, record.answer, record.options, self._view(ids, student_image),
-                             self._view(ids, teacher_image), np.asarray(ids, dtype=np.int64), student_image,
-                             teacher_image)
+        return EncodedPrompt(record.id, record.answer, record.options, self._view(ids, full_image),
+                             self._view(ids, crop_image), np.asarray(ids, dtype=np.int64), full_image,
+                             crop_image)
 
     def _too_long(self, prompt: EncodedPrompt) -> bool:
         if self.max_prompt_length is None:
             return False
-        length = max(len(prompt.student.input_ids), len(prompt.teacher.input_ids))
+        length = max(len(prompt.full.input_ids), len(prompt.crop.input_ids))
         if length <= self.max_prompt_length:
             return False
         if prompt.id not in self.skipped:

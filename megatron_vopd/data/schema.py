@@ -9,11 +9,11 @@ metadata (``vopd.image_root``) and can be overridden (``data.image_root``) when 
 | ``id`` | string | ``<source>:<line>``, unique within a file |
 | ``source`` | string | data source (``vision-opd-6k``, ``vopd-synth``, or the row's ``data_source``) |
 | ``line`` | int64 | 1-based line of the row in the raw jsonl |
-| ``student_image`` | string | the full image with the red evidence box (``images[0]``) |
-| ``teacher_image`` | string, null | the shipped crop (``teacher_images[0]``); null: cut from ``bbox`` |
+| ``full_image`` | string | the full image with the red evidence box (``images[0]``) |
+| ``crop_image`` | string, null | the shipped crop (``teacher_images[0]``); null: cut from ``bbox`` |
 | ``original_image`` | string, null | the image before the box was drawn (``original_images[0]``), informational |
-| ``image_width``, ``image_height`` | int32 | size of the student image in pixels |
-| ``bbox`` | fixed_size_list<int32>[4] | evidence box x1, y1, x2, y2 in student-image pixels (x2, y2 exclusive) |
+| ``image_width``, ``image_height`` | int32 | size of the full image in pixels |
+| ``bbox`` | fixed_size_list<int32>[4] | evidence box x1, y1, x2, y2 in full-image pixels (x2, y2 exclusive) |
 | ``prompt`` | string | the problem text, one ``<image>`` placeholder, options and instruction included |
 | ``question`` | string | the question alone (``extra_info.question``, else parsed from the prompt) |
 | ``options`` | list<string> | option texts in letter order (A, B, ...) |
@@ -30,7 +30,7 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: the view columns are full_image / crop_image
 META_SCHEMA_VERSION = b"vopd.schema_version"
 META_IMAGE_ROOT = b"vopd.image_root"
 META_SOURCE_FILE = b"vopd.source_file"
@@ -39,8 +39,8 @@ SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False),
     pa.field("source", pa.string(), nullable=False),
     pa.field("line", pa.int64(), nullable=False),
-    pa.field("student_image", pa.string(), nullable=False),
-    pa.field("teacher_image", pa.string(), nullable=True),
+    pa.field("full_image", pa.string(), nullable=False),
+    pa.field("crop_image", pa.string(), nullable=True),
     pa.field("original_image", pa.string(), nullable=True),
     pa.field("image_width", pa.int32(), nullable=False),
     pa.field("image_height", pa.int32(), nullable=False),
@@ -59,8 +59,8 @@ class Record:
     id: str
     source: str
     line: int
-    student_image: str
-    teacher_image: str | None
+    full_image: str
+    crop_image: str | None
     original_image: str | None
     image_width: int
     image_height: int

@@ -96,6 +96,12 @@ def reference_response(options, answer: str, answer_format: str = "letter") -> s
     return f"The color is {options['ABCD'.index(answer)]}. The answer is {answer}."
 
 
+def reference_response_ids(options, answer: str, answer_format: str, tokenizer) -> np.ndarray:
+    """The token ids of ``reference_response`` followed by the end-of-turn token ``<|im_end|>``."""
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    return np.asarray(tokenizer.encode(reference_response(options, answer, answer_format)) + [end], dtype=np.int64)
+
+
 def _draw(draw: ImageDraw.ImageDraw, s: Shape) -> None:
     r, fill = s.size / 2, PALETTE[s.colour]
     box = [s.cx - r, s.cy - r, s.cx + r, s.cy + r]

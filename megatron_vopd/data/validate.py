@@ -159,8 +159,8 @@ def validate_row(obj: dict[str, Any], *, root: str | Path, source: str = "vision
     if teacher is not None:
         probe(resolve(teacher, root), decode=decode, key="teacher_images[0]")
 
-    return Record(id=f"{data_source}:{line}", source=data_source, line=line, student_image=student,
-                  teacher_image=teacher, original_image=original, image_width=width, image_height=height,
+    return Record(id=f"{data_source}:{line}", source=data_source, line=line, full_image=student,
+                  crop_image=teacher, original_image=original, image_width=width, image_height=height,
                   bbox=bbox, prompt=problem, question=question.strip(), options=options, answer=answer)
 
 

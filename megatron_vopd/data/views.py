@@ -1,11 +1,11 @@
-"""The two views of a prompt: the student's full image with the red box, the teacher's crop.
+"""The two views of a prompt: the full image with the red box (the student's input) and the crop (the teacher's).
 
-- student view: the full image with the red evidence box (shipped drawn in Vision-OPD-6K's ``images/``;
+- full view: the full image with the red evidence box (shipped drawn in Vision-OPD-6K's ``images/``;
   ``draw_red_box`` draws it for synthetic scenes);
-- teacher view: the shipped crop (``teacher_images/``) when present, otherwise ``crop_box``: the
+- crop view: the shipped crop (``teacher_images/``) when present, otherwise ``crop_box``: the
   evidence box grown by ``margin`` x its side on each side (at least ``border`` pixels, so the red
   rectangle drawn around the box stays inside the crop), then to ``min_size`` per side, then shifted
-  into the image (and clamped to it when the image is smaller), cut from the student image.
+  into the image (and clamped to it when the image is smaller), cut from the full image.
 
     >>> crop_box((100, 100, 140, 120), (448, 448), margin=0.5, min_size=112)
     (64, 54, 176, 166)
@@ -51,7 +51,7 @@ def _span(lo: int, hi: int, extent: int, margin: float, min_size: int, border: i
 
 def crop_box(bbox: Sequence[int], image_size: tuple[int, int], *, margin: float = 0.5, min_size: int = 224,
              border: int = BOX_LINE_WIDTH + 1) -> tuple[int, int, int, int]:
-    """The teacher's crop (x1, y1, x2, y2) around ``bbox`` in an image of ``image_size`` = (width, height)."""
+    """The crop (x1, y1, x2, y2) around ``bbox`` in an image of ``image_size`` = (width, height)."""
     x1, y1, x2, y2 = (int(v) for v in bbox)
     width, height = image_size
     cx1, cx2 = _span(x1, x2, width, margin, min_size, border)
@@ -59,16 +59,16 @@ def crop_box(bbox: Sequence[int], image_size: tuple[int, int], *, margin: float 
     return cx1, cy1, cx2, cy2
 
 
-def crop_view(student: Image.Image, bbox: Sequence[int], *, margin: float = 0.5, min_size: int = 224) -> Image.Image:
-    """The teacher view cut from the student image (red border kept)."""
-    return student.crop(crop_box(bbox, student.size, margin=margin, min_size=min_size))
+def crop_view(full: Image.Image, bbox: Sequence[int], *, margin: float = 0.5, min_size: int = 224) -> Image.Image:
+    """The crop view cut from the full image (red border kept)."""
+    return full.crop(crop_box(bbox, full.size, margin=margin, min_size=min_size))
 
 
-def load_views(student_path: str | Path, teacher_path: str | Path | None, bbox: Sequence[int], *,
+def load_views(full_path: str | Path, crop_path: str | Path | None, bbox: Sequence[int], *,
                root: str | Path | None = None, margin: float = 0.5,
                min_size: int = 224) -> tuple[Image.Image, Image.Image]:
-    """(student view, teacher view) as RGB images: the shipped crop when ``teacher_path``, else ``crop_view``."""
-    student = open_rgb(resolve(student_path, root), key="student_image")
-    if teacher_path:
-        return student, open_rgb(resolve(teacher_path, root), key="teacher_image")
-    return student, crop_view(student, bbox, margin=margin, min_size=min_size)
+    """(full view, crop view) as RGB images: the shipped crop when ``crop_path``, else ``crop_view``."""
+    full = open_rgb(resolve(full_path, root), key="full_image")
+    if crop_path:
+        return full, open_rgb(resolve(crop_path, root), key="crop_image")
+    return full, crop_view(full, bbox, margin=margin, min_size=min_size)

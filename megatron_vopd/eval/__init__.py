@@ -1,5 +1,4 @@
-"""Evaluation: multiple-choice accuracy of a model on the full image (student view) and on the crop
-(teacher view), greedy-decoded by the rollout engine, and its plot over training steps.
+"""Evaluation: multiple-choice accuracy of a model on the full image and on the crop, greedy-decoded by the rollout engine, and its plot over training steps.
 
 - ``accuracy``  ``parse_choice`` (the option letter of a response), ``eval_items`` (both views of each
                 record as engine requests), ``evaluate`` (greedy generation -> ``EvalResult``)

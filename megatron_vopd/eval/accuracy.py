@@ -1,4 +1,4 @@
-"""Multiple-choice accuracy on both views: the student's full image (red box) and the teacher's crop.
+"""Multiple-choice accuracy on both views: the full image (red box) and the crop.
 
     items = eval_items(records, tokenizer=tok, family="qwen2.5", image_root=root, crop_margin=0.5, min_crop_size=224)
     result = evaluate(engine, items, weight_version=engine.weight_version, max_tokens=32, tokenizer=tok)
@@ -80,7 +80,7 @@ def eval_items(records: Sequence, *, tokenizer, family: str, image_root: str | P
 
     items = []
     for r in records:
-        full, crop = load_views(r.student_image, r.teacher_image, r.bbox, root=image_root, margin=crop_margin,
+        full, crop = load_views(r.full_image, r.crop_image, r.bbox, root=image_root, margin=crop_margin,
                                 min_size=min_crop_size)
         ids = [int(t) for t in tokenize_prompt(r.prompt, tokenizer, family, thinking=thinking)]
         letters = "ABCDEFGHIJ"[:len(r.options)] if r.options else "ABCD"

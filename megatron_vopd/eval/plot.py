@@ -16,8 +16,8 @@ def plot_accuracy(rows: list[dict], out_png: str | Path, title: str = "Vision-OP
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     try:
-        ax.plot(steps, [r["full_acc"] for r in rows], "o-", label="full image (student view)")
-        ax.plot(steps, [r["crop_acc"] for r in rows], "s-", label="crop (teacher view)")
+        ax.plot(steps, [r["full_acc"] for r in rows], "o-", label="full image")
+        ax.plot(steps, [r["crop_acc"] for r in rows], "s-", label="crop")
         ax.plot(steps, [r["gap"] for r in rows], "^--", label="gap (crop - full)")
         ax.axhline(0.0, color="gray", linewidth=0.8)
         ax.set_xlabel("step")

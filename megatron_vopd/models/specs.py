@@ -1,4 +1,4 @@
-"""Layer specs and Megatron TransformerConfig for our model configs.
+"""Layer specs and the TransformerConfig settings every model family shares.
 
 ``transformer_impl`` picks the layer spec: "local" (pure megatron-core modules: the CPU path),
 "transformer_engine" (TE modules; required for FP8) or "auto" (TE when it imports and CUDA is present).
@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from megatron_vopd.config import (ConfigError, ModelConfig, ParallelConfig, resolve_transformer_impl,
                                   transformer_engine_available)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from megatron_vopd.runtime.dtypes import torch_dtype
 
 
 def checked_transformer_impl(model: ModelConfig, te_available: bool | None = None) -> str:
@@ -44,32 +42,17 @@ def fp8_settings(model: ModelConfig) -> dict:
     return {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe, "fp8_param": False}
 
 
-def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
-    """Megatron TransformerConfig of the Qwen2.5-VL language decoder.
+def common_settings(model: ModelConfig, parallel: ParallelConfig, init_weights: bool = True) -> dict:
+    """The TransformerConfig keys every family's decoder shares: parallelism, dtype, dropout off,
+    per-token loss, fusions, recompute, FP8.
 
     ``init_weights=False`` leaves parameters uninitialised (torch.empty) for a model whose weights are
     about to be loaded: random initialisation on the CPU draws every full weight in fp32 first."""
-    from megatron.core.transformer.transformer_config import TransformerConfig
-
-    dtype = _DTYPES[model.params_dtype]
+    dtype = torch_dtype(model.params_dtype)
     cpu = not torch.cuda.is_available()
-    return TransformerConfig(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        ffn_hidden_size=model.ffn_hidden_size,
-        num_attention_heads=model.num_attention_heads,
-        num_query_groups=model.num_query_groups,
-        kv_channels=model.kv_channels or model.hidden_size // model.num_attention_heads,
-        normalization="RMSNorm",
-        layernorm_epsilon=model.rms_norm_eps,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
-        add_qkv_bias=True,
+    return dict(
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        mrope_section=list(model.mrope_section),
-        rotary_interleaved=False,
         tensor_model_parallel_size=parallel.tensor_model_parallel_size,
         pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
         sequence_parallel=parallel.sequence_parallel,

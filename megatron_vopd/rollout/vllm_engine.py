@@ -84,8 +84,7 @@ def _received_weights(conn):
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str = "bfloat16", max_model_len: int = 4096,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, cpu_kvcache_space_gib: int = 4,
-                 load_format: str = "auto", seed: int = 0, bucket_bytes: int = 512 * 1024**2,
-                 start_timeout_s: float = 900):
+                 load_format: str = "auto", seed: int = 0, start_timeout_s: float = 900):
         self.llm_kwargs = dict(model=str(model_dir), dtype=dtype, max_model_len=max_model_len,
                                tensor_parallel_size=tensor_parallel_size, seed=seed, load_format=load_format,
                                distributed_executor_backend="uni", enforce_eager=not torch.cuda.is_available(),
@@ -96,19 +95,8 @@ class VLLMEngine(RolloutEngine):
                     # vLLM's per-request INFO/WARNING lines drown the trainer's progress; VLLM_LOGGING_LEVEL overrides
                     "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
                     "VLLM_CPU_KVCACHE_SPACE": str(cpu_kvcache_space_gib)}
-        self.bucket_bytes, self.start_timeout_s = bucket_bytes, start_timeout_s
-        self.weight_version = 0
+        self.start_timeout_s = start_timeout_s
         self._proc = self._conn = None
-
-    @classmethod
-    def from_config(cls, rollout, model_dir: str, **overrides) -> VLLMEngine:
-        """From a ``RolloutConfig`` (megatron_vopd.config)."""
-        kwargs = dict(dtype=rollout.dtype, max_model_len=rollout.max_model_len,
-                      tensor_parallel_size=rollout.tensor_parallel_size,
-                      gpu_memory_utilization=rollout.gpu_memory_utilization,
-                      cpu_kvcache_space_gib=rollout.cpu_kvcache_space_gib, seed=rollout.seed,
-                      bucket_bytes=rollout.weight_sync_bucket_bytes)
-        return cls(model_dir, **{**kwargs, **overrides})
 
     # lifecycle ---------------------------------------------------------------
     def start(self) -> None:

@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from megatron_vopd.bridge.export import export_hf
-from megatron_vopd.bridge.registry import MappingTable
+from megatron_vopd.bridge.table import MappingTable
 from megatron_vopd.rollout.engine import RolloutEngine, bucketize
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from megatron_vopd.runtime.dtypes import torch_dtype
 
 
 def sync_weights(engine: RolloutEngine | None, model, model_cfg, *, version: int, bucket_bytes: int,
                  dtype: str = "bfloat16", table: MappingTable | None = None) -> dict:
     t0 = time.perf_counter()
     table = table or MappingTable.for_config(model_cfg)
-    stream = export_hf(model, table, model_cfg, dtype=_DTYPES[dtype])
+    stream = export_hf(model, table, model_cfg, dtype=torch_dtype(dtype))
     nbytes = 0
 
     def counted():

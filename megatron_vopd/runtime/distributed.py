@@ -113,3 +113,9 @@ def destroy_distributed() -> None:
         ps.destroy_model_parallel()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def log_rank0(msg: str) -> None:
+    """Print ``msg`` once per job: on global rank 0 (or in a process without torch.distributed)."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(msg, flush=True)

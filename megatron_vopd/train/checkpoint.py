@@ -34,7 +34,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 import shutil
 from pathlib import Path
 
@@ -42,18 +41,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, reads, require_dist_checkpoint,
-                                                retarget, weights_request, write_atomically, write_model_config)
+from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, iteration_folders, iteration_name,
+                                                reads, require_dist_checkpoint, retarget, weights_request,
+                                                write_atomically, write_model_config)
 
 TRACKER = "latest"
 TEACHER_PREFIX = "teacher."
 _DIST_OPT_MASTER_PREFIX = "optimizer.state.param."  # the distributed optimizer's name for the masters
-_ITER = re.compile(r"iter_(\d{7})")
 log = logging.getLogger(__name__)
-
-
-def iter_name(step: int) -> str:
-    return f"iter_{step:07d}"
 
 
 def _leaves(tree, path=()):
@@ -176,7 +171,7 @@ def save_checkpoint(root, step: int, *, optimizer, model_cfg, state: dict, teach
         if rank == 0:
             write_model_config(tmp, model_cfg)
 
-    out = write_atomically(root / iter_name(step), write)
+    out = write_atomically(root / iteration_name(step), write)
     if rank == 0:
         tracker_tmp = root / (TRACKER + ".tmp")
         with open(tracker_tmp, "w") as f:
@@ -195,8 +190,7 @@ def _prune(root: Path, current: Path, keep_last: int | None) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
     if keep_last is None:
         return
-    others = sorted((int(m.group(1)), d) for d in root.iterdir()
-                    if d.is_dir() and d != current and (m := _ITER.fullmatch(d.name)))
+    others = [(step, d) for step, d in iteration_folders(root) if d != current]
     for _, old in others[:max(len(others) - (keep_last - 1), 0)]:
         shutil.rmtree(old)
 

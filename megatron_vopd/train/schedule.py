@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "labels",
-                "logit_positions")
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "logit_positions")
 
 
 def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, forward_only: bool = False,
@@ -59,21 +58,6 @@ def on_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def cross_entropy_loss(per_token_loss: torch.Tensor, batch: dict):
-    """Token-mean cross entropy of one micro-batch from the decoder's per-token losses ``[B, S]``."""
-    mask = batch["loss_mask"].to(per_token_loss.dtype)
-    loss = (per_token_loss * mask).sum() / mask.sum()
-    return loss, {"loss": loss.detach()}
-
-
-def gather_vocab(logits: torch.Tensor) -> torch.Tensor:
-    """Full-vocabulary logits from this TP rank's vocab-parallel slice (all-gather over TP)."""
-    from megatron.core import parallel_state as ps
-    from megatron.core.tensor_parallel import gather_from_tensor_model_parallel_region
-
-    return gather_from_tensor_model_parallel_region(logits) if ps.get_tensor_model_parallel_world_size() > 1 else logits
-
-
 def from_last_stage(value):
     """A picklable value computed on the last pipeline stage, returned on every stage (collective)."""
     import torch.distributed as dist
@@ -83,17 +67,3 @@ def from_last_stage(value):
     payload = [value]
     dist.broadcast_object_list(payload, src=dist.get_process_group_ranks(group)[-1], group=group)
     return payload[0]
-
-
-def forward_logits(model, batch: dict, reduce: Callable = lambda logits: logits):
-    """No-grad forward of one micro-batch (labels ignored); ``reduce`` is applied to the full-vocabulary
-    logits ``[B, S, V]`` on the last stage and its result returned on every pipeline stage."""
-    result = {}
-
-    def keep(logits, _batch):
-        result["value"] = reduce(gather_vocab(logits).detach())
-        return logits.sum() * 0, {}
-
-    with torch.no_grad():
-        forward_backward(model, [{k: v for k, v in batch.items() if k != "labels"}], keep, forward_only=True)
-    return from_last_stage(result.get("value"))

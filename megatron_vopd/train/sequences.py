@@ -2,14 +2,14 @@
 
 Every sampled response ``y`` of a prompt becomes two sequences with the same response tokens:
 
-    student: [prompt with the FULL image's pads | y]       teacher: [prompt with the CROP's pads | y]
+    full: [prompt with the FULL image's pads | y]          crop: [prompt with the CROP's pads | y]
 
 The loss needs the next-token distributions at the positions that predict ``y``: position
 ``len(prompt) - 1 + i`` predicts ``y[i]``. Those are the ``logit_positions`` of a micro-batch; the
-model computes its output layer only there and returns the rows batch-major, so the student and
-teacher rows of one micro-batch line up token for token when both hold the same samples in the same
-order. Micro-batches are grouped once (by the longer, student, lengths) and the same grouping is
-used for the teacher and the crop-anchor passes.
+model computes its output layer only there and returns the rows batch-major, so the full-view and
+crop-view rows of one micro-batch line up token for token when both hold the same samples in the
+same order. Micro-batches are grouped once (by the longer, full-view, lengths) and the same grouping
+serves the student on the full view, the teacher on the crop and the student's crop anchor.
 
 A micro-batch is a dict of tensors: the model inputs (``input_ids``, ``position_ids``,
 ``attention_mask``, ``pixel_values``, ``image_grid_thw``, ``logit_positions``; right padding) and,
@@ -19,13 +19,15 @@ them) and ``row_sample`` (the sample index the row belongs to).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from megatron_vopd.models.mrope import mrope_position_ids
+# (input_ids [B, S], image_grid_thw [N, 3], attention_mask [B, S]) -> position ids: the family's
+# (Architecture.position_ids of the model config)
+PositionIds = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -70,7 +72,7 @@ def responses(samples: Sequence[Sequence], max_response_length: int) -> tuple[li
 
 
 def view_sequences(prompts, resps: Sequence[Response], view: str) -> list[TrainSequence]:
-    """``[prompt view | response]`` for every response; ``view`` is "student" or "teacher"."""
+    """``[prompt view | response]`` for every response; ``view`` is "full" or "crop"."""
     out = []
     for i, r in enumerate(resps):
         v = getattr(prompts[r.prompt], view)
@@ -94,7 +96,7 @@ def group_by_tokens(lengths: Sequence[int], budget: int) -> list[list[int]]:
     return groups
 
 
-def collate(seqs: Sequence[TrainSequence], *, pad_id: int, image_token_id: int, spatial_merge_size: int) -> dict:
+def collate(seqs: Sequence[TrainSequence], *, pad_id: int, position_ids: PositionIds) -> dict:
     """One right-padded micro-batch (see the module docstring)."""
     width = max(len(s.input_ids) for s in seqs)
     input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
@@ -108,8 +110,7 @@ def collate(seqs: Sequence[TrainSequence], *, pad_id: int, image_token_id: int, 
     return dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
-        position_ids=mrope_position_ids(input_ids, grid, image_token_id=image_token_id,
-                                        spatial_merge_size=spatial_merge_size, attention_mask=attention_mask),
+        position_ids=position_ids(input_ids, grid, attention_mask),
         pixel_values=torch.from_numpy(np.concatenate([s.pixel_values for s in seqs])),
         image_grid_thw=grid,
         logit_positions=logit_positions,
@@ -119,7 +120,7 @@ def collate(seqs: Sequence[TrainSequence], *, pad_id: int, image_token_id: int, 
     )
 
 
-def micro_batches(views: dict[str, list[TrainSequence]], *, budget: int, group_view: str = "student",
+def micro_batches(views: dict[str, list[TrainSequence]], *, budget: int, group_view: str = "full",
                   **collate_kwargs) -> dict[str, list[dict]]:
     """Micro-batches of every view in ``views`` (same samples, same order), grouped by ``group_view``."""
     groups = group_by_tokens([len(s.input_ids) for s in views[group_view]], budget)

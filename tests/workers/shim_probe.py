@@ -30,7 +30,7 @@ def seed():
 
 def tiny_gpt(dtype="float32"):
     from megatron_vopd.config import ParallelConfig, load_model_config
-    from megatron_vopd.models.qwen25_vl import Qwen25VLModel
+    from megatron_vopd.models.qwen25_vl.model import Qwen25VLModel
 
     cfg = load_model_config("tiny-qwen2.5-vl")
     cfg.transformer_impl, cfg.params_dtype = "local", dtype

@@ -1,10 +1,10 @@
 """Parity check: a Megatron checkpoint gives the logits of its Hugging Face model.
 
 A torchrun worker. Loads ``--ckpt`` (a Megatron checkpoint written by ``vopd convert``) at
-``--tp``/``--pp``, runs the image+text batch of ``layout_check`` through it, and compares the
+``--tp``/``--pp``, runs the image+text batch of ``checks.layouts`` through it, and compares the
 gathered logits with transformers' on ``--hf`` (eager attention, fp32):
 
-    torchrun --nproc-per-node 2 -m megatron_vopd.bridge.hf_parity --hf HF_DIR --ckpt CKPT --tp 2
+    torchrun --nproc-per-node 2 -m megatron_vopd.checks.hf_parity --hf HF_DIR --ckpt CKPT --tp 2
 
 Prints ``RESULT {"logits_max_abs_diff": ...}`` on rank 0; ``--save-logits FILE`` keeps ours.
 """
@@ -18,11 +18,8 @@ import sys
 import torch
 
 
-def transformers_logits(hf_dir: str, batch: dict) -> torch.Tensor:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32,
-                                                               attn_implementation="eager").eval()
+def transformers_logits(hf_dir: str, batch: dict, arch) -> torch.Tensor:
+    model = arch.hf_model_class().from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager").eval()
     image_token_id = model.config.image_token_id
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -32,12 +29,12 @@ def transformers_logits(hf_dir: str, batch: dict) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
+    from megatron_vopd.architecture import architecture
     from megatron_vopd.bridge.megatron_ckpt import load_model, read_model_config
+    from megatron_vopd.checks.common import forward_logits
+    from megatron_vopd.checks.layouts import make_batch
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.models.layout_check import make_batch
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.runtime import init_distributed
-    from megatron_vopd.train.schedule import forward_logits
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf", required=True)
@@ -53,7 +50,8 @@ def main(argv=None) -> int:
     cfg = read_model_config(args.ckpt)
     cfg.transformer_impl = "local"
     info = init_distributed(args.tp, args.pp, timeout_s=300)
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp),
+    arch = architecture(cfg.arch)
+    model = arch.build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp),
                         init_weights=False)
     load_model(model, args.ckpt)
     model.eval()
@@ -61,7 +59,7 @@ def main(argv=None) -> int:
     ours = forward_logits(model, batch).cpu()
     if info.rank != 0:
         return 0
-    theirs = transformers_logits(args.hf, batch)
+    theirs = transformers_logits(args.hf, batch, arch)
     valid = batch["attention_mask"].bool()
     diff = (ours - theirs).abs()[valid].max().item()
     if args.save_logits:

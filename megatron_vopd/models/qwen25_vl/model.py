@@ -16,21 +16,35 @@ import torch
 from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
-from megatron_vopd.bridge.hf_config import hf_vision_config
 from megatron_vopd.config import ModelConfig, ParallelConfig
-from megatron_vopd.models.specs import checked_transformer_impl, layer_spec, transformer_config
+from megatron_vopd.models.masks import causal_padding_mask
+from megatron_vopd.models.qwen25_vl.hf_config import hf_vision_config
+from megatron_vopd.models.specs import checked_transformer_impl, common_settings, layer_spec
 
 
-def causal_padding_mask(attention_mask: Tensor | None) -> Tensor | None:
-    """Megatron's boolean attention mask ``[B, 1, S, S]`` (True = masked) from a ``[B, S]`` 0/1 mask.
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
+    """Megatron TransformerConfig of the Qwen2.5-VL language decoder: RMSNorm, SwiGLU, GQA with a
+    QKV bias, contiguous mrope sections (the settings every family shares: ``specs.common_settings``)."""
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
 
-    With no padding, None: the decoder then applies its own causal mask."""
-    if attention_mask is None or bool(attention_mask.all()):
-        return None
-    seq = attention_mask.shape[1]
-    causal = torch.ones(seq, seq, dtype=torch.bool, device=attention_mask.device).triu(1)
-    keys_masked = ~attention_mask.bool()[:, None, None, :]
-    return causal[None, None] | keys_masked
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=True,
+        mrope_section=list(model.mrope_section),
+        rotary_interleaved=False,
+        **common_settings(model, parallel, init_weights),
+    )
 
 
 class Qwen25VLModel(MegatronModule):
@@ -113,24 +127,22 @@ class Qwen25VLModel(MegatronModule):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
                 pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
-                labels: Tensor | None = None, logit_positions: Tensor | None = None) -> Tensor:
-        """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage, or per-token losses ``[B, S]``
-        when ``labels`` are given; hidden states ``[S, B, H]`` on other stages.
+                logit_positions: Tensor | None = None) -> Tensor:
+        """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage; hidden states ``[S, B, H]`` on
+        other stages.
 
         ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding). ``logit_positions``
         (``[B, S]`` bool) computes the output layer only there and returns ``[N, V/TP]`` logits, rows in
         batch-major order: the distillation loss needs the response positions only, and the output
         layer is the largest matmul of a small-hidden, 152k-vocabulary model."""
         decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
-        if logit_positions is not None and labels is not None:
-            raise ValueError("pass labels or logit_positions, not both")
         self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
         if self._logit_positions is not None and self.config.sequence_parallel:
             self.language_model.output_layer.sequence_parallel = False
         try:
             out = self.language_model(
                 input_ids=None, position_ids=position_ids, attention_mask=causal_padding_mask(attention_mask),
-                decoder_input=decoder_input, labels=labels)
+                decoder_input=decoder_input)
         finally:
             if self._logit_positions is not None and self.config.sequence_parallel:
                 self.language_model.output_layer.sequence_parallel = True

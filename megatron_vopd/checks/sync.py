@@ -3,7 +3,7 @@ model's probabilities; stale weights are refused; a sync changes the output.
 
 A torchrun worker (the engine lives with global rank 0):
 
-    torchrun --nproc-per-node 2 -m megatron_vopd.rollout.sync_check --tp 2 --workdir /tmp/x [--greedy-vs-transformers]
+    torchrun --nproc-per-node 2 -m megatron_vopd.checks.sync --tp 2 --workdir /tmp/x [--greedy-vs-transformers]
 
 Prints ``RESULT {...}`` on rank 0 with the max |logprob difference| over all sampled tokens.
 """
@@ -15,45 +15,17 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-PROBLEMS = ["<image>\nWhat colour is the object inside the red box?\n\nA. red\nB. green\nC. blue\nD. yellow\n\n"
-            "Answer with the option's letter from the given choices.",
-            "<image>\nDescribe the image."]
-
-
-def make_prompts(cfg, tokenizer, seed=0):
-    """(RolloutRequest, pixel_values, image_grid_thw, expanded prompt ids) per problem."""
-    from PIL import Image
-
-    from megatron_vopd.data.chat_template import expand_image_pads, tokenize_prompt
-    from megatron_vopd.data.image_processing import QwenVLImageProcessor
-    from megatron_vopd.rollout.engine import RolloutRequest
-
-    rng = np.random.RandomState(seed)
-    processor = QwenVLImageProcessor()
-    out = []
-    for i, problem in enumerate(PROBLEMS):
-        image = Image.fromarray((rng.rand(112 + 56 * i, 168, 3) * 255).astype("uint8"))
-        ids = tokenize_prompt(problem, tokenizer, "qwen2.5")
-        feats = processor([image])
-        n_tokens = int(feats["image_grid_thw"].prod()) // 4
-        expanded = expand_image_pads(np.asarray(ids), cfg.image_token_id, [n_tokens])
-        out.append((RolloutRequest([int(t) for t in ids], [image]), torch.as_tensor(feats["pixel_values"]),
-                    torch.as_tensor(feats["image_grid_thw"]), [int(t) for t in expanded]))
-    return out
-
-
 def megatron_logprobs(model, cfg, prompt_ids, response, pixel_values, grid) -> list[float]:
     """Teacher-forced log-probs of ``response`` after ``prompt_ids`` (collective; all ranks get them)."""
-    from megatron_vopd.models.mrope import mrope_position_ids
-    from megatron_vopd.train.schedule import forward_logits
+    from megatron_vopd.architecture import architecture
+    from megatron_vopd.checks.common import forward_logits
 
     ids = torch.tensor([prompt_ids + response])
     batch = dict(input_ids=ids, pixel_values=pixel_values, image_grid_thw=grid,
-                 position_ids=mrope_position_ids(ids, grid, image_token_id=cfg.image_token_id))
+                 position_ids=architecture(cfg.arch).position_ids(cfg, ids, grid))
     start = len(prompt_ids) - 1
 
     def response_logprobs(logits):
@@ -61,16 +33,6 @@ def megatron_logprobs(model, cfg, prompt_ids, response, pixel_values, grid) -> l
         return logp.gather(-1, torch.tensor(response)[:, None])[:, 0].tolist()
 
     return forward_logits(model, batch, response_logprobs)
-
-
-def export_folder(model, cfg, table, out: Path, rank0: bool, processor: bool = True) -> None:
-    """Collective: write the model as a HF folder (weights, config, processor files) on rank 0."""
-    from megatron_vopd.bridge.export import save_hf_weights
-    from megatron_vopd.data.hf_processor import save_processor
-
-    save_hf_weights(model, table, cfg, out)
-    if rank0 and processor:
-        save_processor(out)
 
 
 @torch.no_grad()
@@ -81,12 +43,14 @@ def perturb(model, seed: int, scale: float = 0.02) -> None:
 
 
 def main(argv=None) -> int:
-    from megatron_vopd.bridge.registry import MappingTable
-    from megatron_vopd.config import ParallelConfig, load_model_config
+    from megatron_vopd.architecture import architecture
+    from megatron_vopd.bridge.export import save_hf_weights
+    from megatron_vopd.bridge.table import MappingTable
+    from megatron_vopd.config import ParallelConfig, RolloutConfig, load_model_config
     from megatron_vopd.data.tokenizer import load_tokenizer
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.rollout.engine import SamplingSpec, StaleWeightsError
-    from megatron_vopd.rollout.vllm_engine import VLLMEngine
+    from megatron_vopd.rollout.factory import start_engine
+    from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.rollout.weight_sync import sync_weights
     from megatron_vopd.runtime import init_distributed
 
@@ -101,23 +65,19 @@ def main(argv=None) -> int:
     cfg = load_model_config("tiny-qwen2.5-vl")
     cfg.transformer_impl = "local"
     info = init_distributed(args.tp, args.pp, seed=7, timeout_s=1800)
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
+    arch = architecture(cfg.arch)
+    model = arch.build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
     model.eval()
     work = Path(args.workdir)
     rank0 = info.rank == 0
-    table = MappingTable.for_config(cfg)
     # The engine starts from the policy's current weights on disk (vLLM's dummy start leaves its
     # vision tower wrong even after a reload), then follows the policy by syncs.
-    export_folder(model, cfg, table, work / "engine", rank0)
-    engine = None
-    if rank0:
-        engine = VLLMEngine(str(work / "engine"), dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1, seed=0)
-        engine.start()
-    dist.barrier()
+    engine = start_engine(model, cfg, RolloutConfig(dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1),
+                          work / "engine")
     sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype="float32")  # noqa: E731
     perturb(model, seed=5)
     stats = sync(1)
-    prompts = make_prompts(cfg, load_tokenizer("qwen2.5"))
+    prompts = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
     requests = [p[0] for p in prompts]
     result = {"tp": args.tp, "pp": args.pp, "sync": stats}
 
@@ -149,9 +109,9 @@ def main(argv=None) -> int:
         result["greedy_after"] = [r[0].token_ids for r in after]
 
     if args.greedy_vs_transformers:
-        export_folder(model, cfg, table, work / "exported", rank0, processor=False)
+        save_hf_weights(model, MappingTable.for_config(cfg), cfg, work / "exported")
         if rank0:
-            result["greedy_transformers"] = transformers_greedy(work / "exported", prompts, max_new_tokens=8)
+            result["greedy_transformers"] = transformers_greedy(arch, work / "exported", prompts, max_new_tokens=8)
     if rank0:
         engine.shutdown()
         print("RESULT " + json.dumps(result), flush=True)
@@ -159,10 +119,8 @@ def main(argv=None) -> int:
     return 0
 
 
-def transformers_greedy(hf_dir, prompts, max_new_tokens: int) -> list[list[int]]:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(hf_dir, dtype=torch.float32).eval()
+def transformers_greedy(arch, hf_dir, prompts, max_new_tokens: int) -> list[list[int]]:
+    model = arch.hf_model_class().from_pretrained(hf_dir, dtype=torch.float32).eval()
     out = []
     for _req, pv, grid, expanded in prompts:
         ids = torch.tensor([expanded])

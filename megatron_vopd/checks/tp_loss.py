@@ -1,6 +1,6 @@
 """TP parity of the vocab-parallel distillation loss against the dense reference (a torchrun worker).
 
-    python -m torch.distributed.run --standalone --nproc-per-node 2 -m megatron_vopd.distill.tp_check
+    python -m torch.distributed.run --standalone --nproc-per-node 2 -m megatron_vopd.checks.tp_loss
 
 Every rank draws the same full ``[N, V]`` student/teacher logits (fp64), keeps its vocabulary slice
 (Megatron's layout: rank r holds ids ``[r*V/TP, (r+1)*V/TP)``), runs

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from megatron_vopd.bridge.hf_config import hf_vision_config
 from megatron_vopd.bridge.mappings import QKV, ColumnParallel, GatedMLP, Replicated, RowParallel
-from megatron_vopd.bridge.registry import register_table
+from megatron_vopd.models.qwen25_vl.hf_config import hf_vision_config
 
 
 def _vision_parameter_names(cfg) -> list[str]:
@@ -17,8 +16,8 @@ def _vision_parameter_names(cfg) -> list[str]:
     return [name for name, _ in tower.named_parameters()]
 
 
-@register_table("qwen2.5-vl", hf_architectures=("Qwen2_5_VLForConditionalGeneration",))
-def qwen25_vl_table(cfg):
+def mapping_table(cfg) -> list:
+    """Every parameter of the Megatron model at global layer numbers, with its HF name(s) and format."""
     table = [
         ColumnParallel("language_model.embedding.word_embeddings.weight", "model.embed_tokens.weight"),
         Replicated("language_model.decoder.final_layernorm.weight", "model.norm.weight"),

@@ -2,8 +2,8 @@
 
 A torchrun worker: one forward (logits) and one forward+backward (loss, grad norm) of a model recipe
 (default: the tiny Qwen2.5-VL) on an image+text batch at the layout given by --tp/--pp.
-    torchrun --nproc-per-node 1 -m megatron_vopd.models.layout_check --save ref.pt
-    torchrun --nproc-per-node 4 -m megatron_vopd.models.layout_check --tp 2 --pp 2 --compare ref.pt
+    torchrun --nproc-per-node 1 -m megatron_vopd.checks.layouts --save ref.pt
+    torchrun --nproc-per-node 4 -m megatron_vopd.checks.layouts --tp 2 --pp 2 --compare ref.pt
 
 --save FILE  (TP1PP1, one process): initialise the weights, write them and the results to FILE.
 --compare FILE: load the weights from FILE, compute the same results, print the max differences as
@@ -16,14 +16,14 @@ import sys
 
 import torch
 
+from megatron_vopd.architecture import architecture
 from megatron_vopd.bridge import MappingTable
 from megatron_vopd.bridge.distribution import iter_full_parameters, load_full_state_dict
+from megatron_vopd.checks.common import cross_entropy_loss, forward_logits, next_token_targets
 from megatron_vopd.config import OptimizerConfig, ParallelConfig, load_model_config
-from megatron_vopd.models.mrope import mrope_position_ids
-from megatron_vopd.models.qwen25_vl import build_model
 from megatron_vopd.runtime import init_distributed
 from megatron_vopd.train.optim import build_optimizer
-from megatron_vopd.train.schedule import cross_entropy_loss, forward_backward, forward_logits, from_last_stage
+from megatron_vopd.train.schedule import forward_backward, from_last_stage
 
 
 def make_batch(model_cfg, seed=0):
@@ -46,14 +46,13 @@ def make_batch(model_cfg, seed=0):
     for i, s in enumerate(seqs):
         input_ids[i, seq_len - len(s):] = s
         attention_mask[i, seq_len - len(s):] = 1
-    labels = torch.roll(input_ids, -1, dims=1)
     loss_mask = attention_mask.clone()
     loss_mask[:, -1] = 0
     loss_mask[input_ids == model_cfg.image_token_id] = 0
-    position_ids = mrope_position_ids(input_ids, grids, image_token_id=model_cfg.image_token_id,
-                                      spatial_merge_size=v.spatial_merge_size, attention_mask=attention_mask)
-    return dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                pixel_values=pixel_values, image_grid_thw=grids, labels=labels, loss_mask=loss_mask)
+    position_ids = architecture(model_cfg.arch).position_ids(model_cfg, input_ids, grids, attention_mask)
+    batch = dict(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                 pixel_values=pixel_values, image_grid_thw=grids)
+    return next_token_targets(batch, loss_mask)
 
 
 def main():
@@ -70,7 +69,7 @@ def main():
     model_cfg.transformer_impl = "local"
     parallel = ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     info = init_distributed(args.tp, args.pp, seed=1234, timeout_s=120)
-    model = build_model(model_cfg, parallel)
+    model = architecture(model_cfg.arch).build_model(model_cfg, parallel)
     table = MappingTable.for_config(model_cfg)
     if args.compare:
         ref = torch.load(args.compare, weights_only=True)

@@ -1,4 +1,4 @@
-"""HF <-> Megatron checkpoint conversion (run by ``vopd convert`` under torchrun, or in one process).
+"""HF <-> Megatron checkpoint conversion of any registered architecture (run by ``vopd convert`` under torchrun, or in one process).
 
 hf-to-megatron: build the model at the requested TP x PP, fill each rank's shards straight from the
 safetensors files (each stage reads only its layers), save a Megatron distributed checkpoint (which
@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from megatron_vopd.architecture import architecture
 from megatron_vopd.bridge.distribution import load_sharded, local_parameters
 from megatron_vopd.bridge.export import save_hf_weights
 from megatron_vopd.bridge.hf_config import read_hf_config
 from megatron_vopd.bridge.hf_io import HFCheckpoint
 from megatron_vopd.bridge.megatron_ckpt import load_model, prepare_output_dir, read_model_config, save_model
-from megatron_vopd.bridge.registry import MappingTable
+from megatron_vopd.bridge.table import MappingTable
 from megatron_vopd.config import ConfigError, ParallelConfig, validate, VopdConfig
+from megatron_vopd.runtime.distributed import log_rank0
 
 ASSETS_DIR = "hf_assets"
 # Files of a HF folder that are not weights: carried through a Megatron checkpoint unchanged.
@@ -35,8 +37,7 @@ class ConversionError(ValueError):
 
 
 def _log(msg: str) -> None:
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"[convert] {msg}", flush=True)
+    log_rank0(f"[convert] {msg}")
 
 
 def check_hf_names(ckpt: HFCheckpoint, table: MappingTable) -> None:
@@ -101,14 +102,13 @@ def preflight_megatron_to_hf(ckpt_dir: str, out: str, tp: int, pp: int, overwrit
 
 
 def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False) -> Path:
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.runtime import init_distributed
 
     t0 = time.time()
     cfg, table, ckpt = preflight_hf_to_megatron(hf_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
     _log(f"{hf_dir} ({cfg.arch}, {cfg.num_layers} layers) -> Megatron at TP{tp} x PP{pp}")
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+    model = architecture(cfg.arch).build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
                         init_weights=False)
     check_hf_shapes(ckpt, table, model, cfg)
 
@@ -125,13 +125,12 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: b
 
 def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False,
                    shard_bytes: int = 2 * 1024**3) -> Path:
-    from megatron_vopd.models.qwen25_vl import build_model
     from megatron_vopd.runtime import init_distributed
 
     t0 = time.time()
     cfg, out_path = preflight_megatron_to_hf(ckpt_dir, out, tp, pp, overwrite)
     init_distributed(tp, pp)
-    model = build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+    model = architecture(cfg.arch).build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
                         init_weights=False)
     load_model(model, ckpt_dir)
     _log(f"{ckpt_dir} -> Hugging Face folder {out}")
