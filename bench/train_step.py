@@ -21,14 +21,14 @@ responses on the student view (strictly on-policy), so the importance weights
 * ``ours``: exactly what ``Trainer.train_step`` + ``optimizer_step`` do after the rollout:
   ``micro_batches`` of the full and crop views (``--budget`` tokens), ``objectives.VisionOPD``
   with an EMA teacher (``Teacher("ema", ...)``; generalised JSD alpha 0.5, top-k 100 + tail, IS clip 2,
-  only the response rows reach the output layer, chunked vocab-parallel loss with in-place gradient),
+  only the response tokens reach the output layer, chunked vocab-parallel loss with in-place gradient),
   through Megatron DDP (fp32 main grads), then ``StudentOptimizer.step`` (``build_optimizer``: Megatron's
   optimizer, clip 1.0, AdamW at ``lr_at``), ``teacher.update``.
-* ``naive``: the same weights (exported with ``save_hf_weights``) loaded into transformers'
-  ``Qwen2_5_VLForConditionalGeneration`` (fp32, ``--attn`` sdpa by default) plus a ``deepcopy`` as the EMA
-  teacher. Per micro-batch (the SAME micro-batches as ours): teacher forward under no_grad with FULL
+* ``naive``: the same weights (exported with ``save_hf_weights``) loaded into transformers' own model
+  of the family (``Architecture.hf_model_class``; fp32, ``--attn`` sdpa by default) plus a ``deepcopy``
+  as the EMA teacher. Per micro-batch (the SAME micro-batches as ours): teacher forward under no_grad with FULL
   logits ``[B, S, V]``, student forward with FULL logits, the response positions gathered, the dense
-  reference ``generalized_jsd_loss`` (same alpha/top-k/IS weights, sum / global rows), backward; then
+  reference ``generalized_jsd_loss`` (same alpha/top-k/IS weights, sum / global tokens), backward; then
   ``torch.nn.utils.clip_grad_norm_``, ``torch.optim.AdamW`` (default implementation, weight decay 0.01
   on every parameter), EMA ``lerp_`` of every teacher parameter.
 

@@ -16,6 +16,7 @@ family's classes:
 ``model_config``       the ModelConfig of a config.json dict (HF config in)
 ``save_processor``     the HF processor files (tokenizer, image processor, chat template) of a folder
 ``position_ids``       its mrope position ids
+``parameter_counts``   exact parameter counts by part (``vopd plan``)
 ``hf_model_class``     transformers' model class: the reference of the parity checks
 =====================  ==========================================================================
 
@@ -53,7 +54,7 @@ class Architecture:
 
     # the parts a family must provide (checked by tests/test_architecture.py)
     PARTS = ("check", "image_processor", "build_model", "mapping_table", "hf_config", "model_config",
-             "save_processor", "position_ids", "hf_model_class")
+             "save_processor", "position_ids", "parameter_counts", "hf_model_class")
 
     def check(self, model) -> list[str]:
         """Messages for every impossible setting of the family's own fields (empty: valid)."""
@@ -78,6 +79,9 @@ class Architecture:
         raise NotImplementedError
 
     def position_ids(self, model, input_ids, image_grid_thw, attention_mask=None):
+        raise NotImplementedError
+
+    def parameter_counts(self, model) -> dict[str, int]:
         raise NotImplementedError
 
     def hf_model_class(self):

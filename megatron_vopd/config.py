@@ -155,7 +155,7 @@ class DistillConfig:
     ema_rate: float = 0.05  # EMA teacher: theta_T <- (1 - rate) theta_T + rate theta_S after each step
     crop_anchor_weight: float = 0.0  # weight of the same divergence with the student on the crop (0 = off)
     loss_chunk_tokens: int = 2048  # tokens per chunk when computing vocab-sized losses
-    teacher_logit_tokens: int = 8192  # response rows whose teacher logits are held at once (bounds memory)
+    teacher_logit_tokens: int = 8192  # response tokens whose teacher logits are held at once (bounds memory)
     collapse_loss: float = 1e-3  # warn when the loss is below this while answers stop depending on the image
 
 

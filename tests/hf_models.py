@@ -24,3 +24,7 @@ def save_tiny_qwen25_vl(out: Path, *, tied: bool = False, kv_heads: int = 2, lay
                 p.normal_(0, 0.08)
     model.save_pretrained(out)
     return out
+
+
+# model.arch -> the builder of its tiny random HF checkpoint (tools/gpu_check.sh)
+TINY_HF = {"qwen2.5-vl": save_tiny_qwen25_vl}

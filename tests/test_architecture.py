@@ -41,6 +41,9 @@ def test_every_architecture_provides_each_part(name, tmp_path):
     pos = arch.position_ids(cfg, ids, torch.tensor([[1, 4, 4]]), torch.ones_like(ids))
     assert pos.shape == (3, 1, 7)
 
+    counts = arch.parameter_counts(cfg)
+    assert counts["total"] == counts["language_model"] + counts["vision"] > 0
+
     arch.save_processor(tmp_path)
     assert {"processor_config.json", "tokenizer_config.json", "chat_template.jinja"} <= {p.name for p in tmp_path.iterdir()}
     assert callable(arch.build_model)

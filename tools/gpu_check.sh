@@ -25,7 +25,7 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore::UserWarning
 $PY -c "import torch, megatron.core, transformers; assert torch.cuda.is_available(), 'no CUDA device'; print('[gpu-check]', torch.cuda.get_device_name(0), '| torch', torch.__version__, '| megatron-core', megatron.core.__version__, '| transformers', transformers.__version__)"
 
 echo "[gpu-check] 1/4 HF -> Megatron parity on CUDA"
-$PY -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from tests.hf_models import save_tiny_qwen25_vl; save_tiny_qwen25_vl(Path('$W/hf'))"
+$PY -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from tests.hf_models import TINY_HF; TINY_HF['qwen2.5-vl'](Path('$W/hf'))"
 $PY -m megatron_vopd.cli convert hf-to-megatron --hf "$W/hf" --out "$W/mg"
 failed=0
 torchrun --standalone --nproc-per-node 1 -m megatron_vopd.checks.hf_parity --hf "$W/hf" --ckpt "$W/mg" | grep RESULT \

@@ -13,8 +13,8 @@ serves the student on the full view, the teacher on the crop and the student's c
 
 A micro-batch is a dict of tensors: the model inputs (``input_ids``, ``position_ids``,
 ``attention_mask``, ``pixel_values``, ``image_grid_thw``, ``logit_positions``; right padding) and,
-per response row, ``targets`` (the sampled ids), ``rollout_logprobs`` (the engine's log-probs of
-them) and ``row_sample`` (the sample index the row belongs to).
+per response token, ``targets`` (the sampled ids), ``rollout_logprobs`` (the engine's log-probs of
+them) and ``token_sample`` (the sample index the token belongs to).
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def collate(seqs: Sequence[TrainSequence], *, pad_id: int, position_ids: Positio
         logit_positions=logit_positions,
         targets=torch.from_numpy(np.concatenate([s.response for s in seqs])),
         rollout_logprobs=torch.from_numpy(np.concatenate([s.rollout_logprobs for s in seqs])),
-        row_sample=torch.cat([torch.full((len(s.response),), s.sample, dtype=torch.long) for s in seqs]),
+        token_sample=torch.cat([torch.full((len(s.response),), s.sample, dtype=torch.long) for s in seqs]),
     )
 
 

@@ -1,7 +1,7 @@
 """Qwen2.5-VL: the registered architecture ``qwen2.5-vl`` (HF ``Qwen2_5_VLForConditionalGeneration``).
 
 Its parts: ``model.py`` (the Megatron-Core model and its TransformerConfig), ``bridge.py`` (the
-mapping table), ``hf_config.py`` (config.json in and out), ``mrope.py`` (position ids); this module
+mapping table), ``hf_config.py`` (config.json in and out), ``mrope.py`` (position ids), ``sizes.py`` (parameter counts); this module
 holds the config section of its vision tower, the validation of its fields and the tokenizer,
 preprocessing and processor files it uses. Nothing heavy is imported here (the launcher's torch-free
 environment loads configs): each method imports the part it needs.
@@ -113,6 +113,11 @@ class Qwen25VL(Architecture):
 
         return mrope_position_ids(input_ids, image_grid_thw, image_token_id=model.image_token_id,
                                   spatial_merge_size=model.vision.spatial_merge_size, attention_mask=attention_mask)
+
+    def parameter_counts(self, model) -> dict[str, int]:
+        from megatron_vopd.models.qwen25_vl.sizes import parameter_counts
+
+        return parameter_counts(model)
 
     def hf_model_class(self):
         from transformers import Qwen2_5_VLForConditionalGeneration
