@@ -20,6 +20,7 @@ SHIM_NAMES = (
     "cuda_sync_and_streams",
     "cuda_tensor_type_names",
     "fused_adam",
+    "fla_gated_delta_rule",
 )
 _applied: list[str] = []
 
@@ -221,6 +222,21 @@ def _shim_fused_adam():
     distrib_optimizer.HAVE_APEX_OR_TE, distrib_optimizer.USING_APEX_OPTIMIZER = True, True
 
 
+def _shim_fla_gated_delta_rule():
+    """Why: megatron-core's ``GatedDeltaNet`` (the linear-attention layers of Qwen3.5) takes ``l2norm``
+    and ``chunk_gated_delta_rule`` from fla (flash-linear-attention: Triton kernels, CUDA only) and
+    refuses to build without them. Both come here from transformers' torch reference of the same two
+    functions (same arguments, [batch, seq, heads, dim] layout; transformers' Qwen3.5 computes with
+    them on CPU). Only megatron-core's module sees them: no fake ``fla`` package is installed, so
+    transformers and vLLM keep their own checks."""
+    from megatron.core.ssm import gated_delta_net
+    from transformers.models.qwen3_5.modeling_qwen3_5 import l2norm, torch_chunk_gated_delta_rule
+
+    gated_delta_net.l2norm = l2norm
+    gated_delta_net.chunk_gated_delta_rule = torch_chunk_gated_delta_rule
+    gated_delta_net.HAVE_FLA = True
+
+
 _SHIMS = {
     "cpu_rng_tracker": _shim_cpu_rng_tracker,
     "current_device_is_cpu": _shim_current_device_is_cpu,
@@ -228,6 +244,7 @@ _SHIMS = {
     "cuda_sync_and_streams": _shim_cuda_sync_and_streams,
     "cuda_tensor_type_names": _shim_cuda_tensor_type_names,
     "fused_adam": _shim_fused_adam,
+    "fla_gated_delta_rule": _shim_fla_gated_delta_rule,
 }
 
 

@@ -97,6 +97,43 @@ def p2p_sync():
     return "ok"
 
 
+def gated_delta_net():
+    """megatron-core's GatedDeltaNet with a local spec equals transformers' Qwen3_5GatedDeltaNet (same weights)."""
+    import torch.nn.functional as F
+    from megatron.core.process_groups_config import ProcessGroupCollection
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNet, GatedDeltaNetSubmodules
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+    from transformers import Qwen3_5TextConfig
+    from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5GatedDeltaNet
+
+    heads = dict(linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                 linear_conv_kernel_dim=4)
+    cfg = TransformerConfig(num_layers=1, hidden_size=64, num_attention_heads=4, normalization="RMSNorm",
+                            activation_func=F.silu, layernorm_epsilon=1e-6, use_cpu_initialization=True,
+                            hidden_dropout=0.0, attention_dropout=0.0, gradient_accumulation_fusion=False, **heads)
+    ours = GatedDeltaNet(cfg, GatedDeltaNetSubmodules(in_proj=ColumnParallelLinear, out_norm=WrappedTorchNorm,
+                                                      out_proj=RowParallelLinear),
+                         layer_number=1, pg_collection=ProcessGroupCollection.use_mpu_process_groups(["tp", "cp"]))
+    ref = Qwen3_5GatedDeltaNet(Qwen3_5TextConfig(hidden_size=64, rms_norm_eps=1e-6, layer_types=["linear_attention"],
+                                                 num_hidden_layers=1, **heads), layer_idx=0)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.2)
+        ours.in_proj.weight.copy_(torch.cat([ref.in_proj_qkv.weight, ref.in_proj_z.weight, ref.in_proj_b.weight,
+                                             ref.in_proj_a.weight]))
+        for name in ("conv1d.weight", "A_log", "dt_bias", "out_proj.weight"):
+            ours.get_parameter(name).copy_(ref.get_parameter(name))
+        ours.out_norm.weight.copy_(ref.norm.weight)
+        x = torch.randn(2, 70, 64)  # batch, seq (more than one 64-token chunk), hidden
+        got = ours(x.transpose(0, 1).contiguous(), None)[0].transpose(0, 1)
+        diff = (got - ref(x)).abs().max().item()
+    if diff > 1e-5:
+        raise AssertionError(f"GatedDeltaNet differs from transformers' by {diff}")
+    return f"max_abs_diff={diff:.1e}"
+
+
 WORKLOADS = {
     "cpu_rng_tracker": seed,
     "current_device_is_cpu": build,
@@ -104,6 +141,7 @@ WORKLOADS = {
     "cuda_sync_and_streams": p2p_sync,
     "cuda_tensor_type_names": mixed_precision_optimizer,
     "fused_adam": distributed_optimizer_reload,
+    "fla_gated_delta_rule": gated_delta_net,
 }
 
 
