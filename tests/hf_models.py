@@ -28,3 +28,33 @@ def save_tiny_qwen25_vl(out: Path, *, tied: bool = False, kv_heads: int = 2, lay
 
 # model.arch -> the builder of its tiny random HF checkpoint (tools/gpu_check.sh)
 TINY_HF = {"qwen2.5-vl": save_tiny_qwen25_vl}
+
+
+def save_tiny_qwen35(out: Path, *, tied: bool = False, layers: int = 4, seed: int = 0) -> Path:
+    """A tiny random Qwen3.5 (configs/model/tiny-qwen3.5.yaml's shapes) saved by transformers."""
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    layer_types = ["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)]
+    cfg = Qwen3_5Config(
+        text_config=dict(vocab_size=248320, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, linear_num_key_heads=2,
+                         linear_num_value_heads=4, linear_key_head_dim=64, linear_value_head_dim=64,
+                         layer_types=layer_types, rms_norm_eps=1e-6, tie_word_embeddings=tied,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                                          "mrope_section": [3, 3, 2], "mrope_interleaved": True}),
+        vision_config=dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                           num_position_embeddings=64),
+        tie_word_embeddings=tied)
+    model = Qwen3_5ForConditionalGeneration(cfg)
+    with torch.no_grad():  # larger than the init so that logits differ visibly; norms stay near their init
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.08)
+            elif "norm" in name:
+                p.normal_(0, 0.1) if "linear_attn.norm" not in name else p.normal_(1, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
+TINY_HF["qwen3.5"] = save_tiny_qwen35

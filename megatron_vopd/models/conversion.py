@@ -22,7 +22,7 @@ from megatron_vopd.bridge.hf_config import read_hf_config
 from megatron_vopd.bridge.hf_io import HFCheckpoint
 from megatron_vopd.bridge.megatron_ckpt import load_model, prepare_output_dir, read_model_config, save_model
 from megatron_vopd.bridge.table import MappingTable
-from megatron_vopd.config import ConfigError, ParallelConfig, validate, VopdConfig
+from megatron_vopd.config import ConfigError, DataConfig, ParallelConfig, validate, VopdConfig
 from megatron_vopd.runtime.distributed import log_rank0
 
 ASSETS_DIR = "hf_assets"
@@ -72,7 +72,8 @@ def check_hf_shapes(ckpt: HFCheckpoint, table: MappingTable, model, cfg) -> None
 
 
 def check_layout(cfg, tp: int, pp: int) -> None:
-    full = VopdConfig(model=cfg, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp))
+    full = VopdConfig(model=cfg, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
+                      data=DataConfig(tokenizer=architecture(cfg.arch).tokenizer))
     validate(full, world_size=tp * pp, te_available=False)
     if cfg.vocab_size % tp:
         raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide model.vocab_size={cfg.vocab_size}")

@@ -12,6 +12,10 @@ from megatron_vopd.config import (ConfigError, ModelConfig, ParallelConfig, reso
                                   transformer_engine_available)
 from megatron_vopd.runtime.dtypes import torch_dtype
 
+# Parameter attribute: replicated over TP but applied to head-sharded activations, so each rank's
+# gradient covers its own heads only and the optimizer sums it over TP (train/optim.py).
+TP_PARTIAL_GRAD = "tp_partial_grad"
+
 
 def checked_transformer_impl(model: ModelConfig, te_available: bool | None = None) -> str:
     """The resolved ``model.transformer_impl``; refuses TE or FP8 where Transformer Engine is missing."""

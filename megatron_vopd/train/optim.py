@@ -74,6 +74,26 @@ def describe(cfg: OptimizerConfig, params_dtype: str, *, cuda: bool, fused_adam:
     }
 
 
+def sum_partial_grads_over_tp(model) -> None:
+    """Sum over tensor parallelism the fp32 main grads of replicated parameters applied to head-sharded
+    activations (``TP_PARTIAL_GRAD``, e.g. Gated DeltaNet's per-head output norm), which Megatron's
+    finalize_model_grads leaves partial (it sums only q/k norms and sequence-parallel norms)."""
+    from megatron.core import parallel_state as ps
+
+    if ps.get_tensor_model_parallel_world_size() == 1:
+        return
+    from megatron_vopd.models.specs import TP_PARTIAL_GRAD
+
+    grads = [p.main_grad for p in model.parameters() if getattr(p, TP_PARTIAL_GRAD, False) and p.requires_grad]
+    if grads:
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        flat = _flatten_dense_tensors(grads)
+        torch.distributed.all_reduce(flat, group=ps.get_tensor_model_parallel_group())
+        for g, reduced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(reduced)
+
+
 class StudentOptimizer:
     """Megatron DDP around one model stage plus Megatron's optimizer over it.
 
@@ -138,6 +158,7 @@ class StudentOptimizer:
         from megatron.core.distributed import finalize_model_grads
 
         finalize_model_grads([self.ddp])
+        sum_partial_grads_over_tp(self.model)
         lr = lr_at(step, self.cfg)
         for group in self.megatron.param_groups:
             group["lr"] = lr

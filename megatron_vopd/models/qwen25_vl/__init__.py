@@ -37,6 +37,7 @@ class Qwen25VL(Architecture):
     hf_architectures = ("Qwen2_5_VLForConditionalGeneration",)
     tokenizer = "qwen2.5"  # megatron_vopd.data: tokenizer, chat template and image-processor preset
     vision_config = VisionConfig
+    tiny_recipe = "tiny-qwen2.5-vl"  # configs/model/: the CI-sized model
     min_pixels, max_pixels = 56 * 56, 28 * 28 * 1280  # transformers' Qwen2VLImageProcessor defaults
 
     def check(self, m) -> list[str]:
@@ -109,7 +110,7 @@ class Qwen25VL(Architecture):
         processor.save_pretrained(str(out_dir))
 
     def position_ids(self, model, input_ids, image_grid_thw, attention_mask=None):
-        from megatron_vopd.models.qwen25_vl.mrope import mrope_position_ids
+        from megatron_vopd.models.mrope import mrope_position_ids
 
         return mrope_position_ids(input_ids, image_grid_thw, image_token_id=model.image_token_id,
                                   spatial_merge_size=model.vision.spatial_merge_size, attention_mask=attention_mask)

@@ -1,4 +1,4 @@
-"""Multimodal RoPE position ids for Qwen2.5-VL (3 rows: temporal, height, width).
+"""Multimodal RoPE position ids of the Qwen-VL families for images (3 rows: temporal, height, width).
 
 Text tokens advance all three rows together by one. An image of ``grid_thw = (t, h, w)`` patches is
 ``t * h * w / merge**2`` consecutive image tokens; they all start at the current position p, the

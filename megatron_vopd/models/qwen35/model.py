@@ -1,0 +1,257 @@
+"""Qwen3.5 on Megatron-Core: the hybrid decoder (Gated DeltaNet + gated full attention) and the vision tower.
+
+The decoder is a Megatron-Core ``GPTModel`` whose block has one layer spec per layer, from
+``model.decoder.layer_types``: megatron-core's own ``GatedDeltaNet`` for "linear_attention" layers,
+its ``SelfAttention`` with the sigmoid output gate and q/k norms for "full_attention" layers. Every
+decoder norm is zero-centred, ``(1 + w) * x / rms(x)`` in fp32 as transformers computes it (so the
+HF weight is stored as it is); the GDN's own gated norm is plain ``w``. Rotary: ``partial_rotary``
+of the head dim, with the THW sections INTERLEAVED (``InterleavedMRoPE``). GDN ignores the
+attention mask: padded positions are zeroed before every GDN layer, as transformers does.
+
+The vision tower (16-px patches, learned position embedding, 2x2 merger) is transformers' own
+``Qwen3_5VisionModel``, replicated on every TP rank of the first pipeline stage (as for Qwen2.5-VL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
+
+from megatron_vopd.config import ModelConfig, ParallelConfig
+from megatron_vopd.models.masks import causal_padding_mask
+from megatron_vopd.models.specs import TP_PARTIAL_GRAD, checked_transformer_impl, common_settings
+
+
+class ZeroCentredRMSNorm(torch.nn.Module):
+    """RMSNorm with a zero-centred weight: ``(x / rms(x)) * (1 + w)`` in fp32, cast back (transformers'
+    ``Qwen3_5RMSNorm``). Takes the arguments Megatron's ``build_module`` passes to a norm."""
+
+    def __init__(self, config=None, hidden_size: int = 0, eps: float = 1e-6, **_):
+        super().__init__()
+        self.eps = eps
+        self.weight = torch.nn.Parameter(torch.zeros(hidden_size))
+        if config is not None and config.sequence_parallel:
+            self.weight.sequence_parallel = True  # its gradient is all-reduced over TP (replicated weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).type_as(x)
+
+
+class InterleavedMRoPE(torch.nn.Module):
+    """Multimodal rotary embedding with the T/H/W sections interleaved over the rotary frequencies
+    (frequency j: height when j % 3 == 1 and j < 3 * sections[1], width when j % 3 == 2 and
+    j < 3 * sections[2], else time), as transformers' Qwen3.5; megatron-core's has contiguous sections.
+    Called as GPTModel calls its mrope module: ``(position_ids [3, B, S], sections) -> [S, B, 1, rot_dim]``."""
+
+    def __init__(self, rotary_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: Tensor, mrope_section, *_, **__) -> Tensor:
+        freqs = position_ids.to(self.inv_freq.device).float()[..., None] * self.inv_freq  # [3, B, S, rot/2]
+        half = freqs.shape[-1]
+        j = torch.arange(half, device=freqs.device)
+        source = torch.zeros(half, dtype=torch.long, device=freqs.device)
+        source[(j % 3 == 1) & (j < 3 * mrope_section[1])] = 1
+        source[(j % 3 == 2) & (j < 3 * mrope_section[2])] = 2
+        picked = freqs.gather(0, source.view(1, 1, 1, half).expand(1, *freqs.shape[1:]))[0]  # [B, S, rot/2]
+        emb = torch.cat((picked, picked), dim=-1)
+        return emb.transpose(0, 1)[:, :, None, :].contiguous()
+
+
+def _gdn_class():
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNet
+
+    class MaskedGatedDeltaNet(GatedDeltaNet):
+        """megatron-core's GatedDeltaNet with the padded positions zeroed first (the layer itself ignores
+        the attention mask; transformers zeroes them too), so left and right padding agree. Its output
+        norm weight is replicated over TP but sees only this rank's heads: its gradient is summed over
+        TP (``train.optim.TP_PARTIAL_GRAD``)."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            setattr(self.out_norm.weight, TP_PARTIAL_GRAD, True)
+
+        def forward(self, hidden_states: Tensor, attention_mask: Tensor | None, *args, **kwargs):
+            if attention_mask is not None:  # [B, 1, S, S] True = masked; its last row masks only the padding
+                keep = ~attention_mask[:, 0, -1, :]  # [B, S]
+                hidden_states = hidden_states * keep.transpose(0, 1)[..., None].to(hidden_states.dtype)
+            return super().forward(hidden_states, attention_mask, *args, **kwargs)
+
+    return MaskedGatedDeltaNet
+
+
+def layer_specs(layer_types: list[str]) -> list:
+    """The local layer spec of each layer type (CPU path): zero-centred norms, gated attention with
+    q/k norms, or the GDN with ColumnParallel in_proj / torch RMSNorm / RowParallel out_proj."""
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNetSubmodules
+    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+    from megatron.core.transformer.spec_utils import ModuleSpec
+    from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+    base = get_gpt_layer_local_spec(normalization="RMSNorm", qk_layernorm=True)
+    attn = base.submodules.self_attention
+    attention = dataclasses.replace(attn, submodules=dataclasses.replace(
+        attn.submodules, q_layernorm=ZeroCentredRMSNorm, k_layernorm=ZeroCentredRMSNorm))
+    gdn = ModuleSpec(module=_gdn_class(), submodules=GatedDeltaNetSubmodules(
+        in_proj=ColumnParallelLinear, out_norm=WrappedTorchNorm, out_proj=RowParallelLinear))
+    out = []
+    for kind in layer_types:
+        mixer = gdn if kind == "linear_attention" else attention
+        out.append(dataclasses.replace(base, submodules=dataclasses.replace(
+            base.submodules, input_layernorm=ZeroCentredRMSNorm, pre_mlp_layernorm=ZeroCentredRMSNorm,
+            self_attention=mixer)))
+    return out
+
+
+def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
+    """Megatron TransformerConfig of the Qwen3.5 decoder (SwiGLU, GQA without bias, gated attention,
+    GDN head sizes from ``model.decoder``)."""
+    import torch.nn.functional as F
+    from megatron.core.transformer.transformer_config import TransformerConfig
+
+    q = model.decoder
+    return TransformerConfig(
+        num_layers=model.num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.num_query_groups,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        qk_layernorm=True,
+        attention_output_gate=True,
+        mrope_section=list(model.mrope_section),
+        rotary_interleaved=False,
+        linear_conv_kernel_dim=q.linear_conv_kernel_dim,
+        linear_key_head_dim=q.linear_key_head_dim,
+        linear_value_head_dim=q.linear_value_head_dim,
+        linear_num_key_heads=q.linear_num_key_heads,
+        linear_num_value_heads=q.linear_num_value_heads,
+        # layers of two kinds: one checkpoint key per layer (not one stacked key per kind of tensor)
+        hetereogenous_dist_checkpoint=True,
+        **common_settings(model, parallel, init_weights),
+    )
+
+
+class Qwen35Model(MegatronModule):
+    """One pipeline stage of Qwen3.5: vision tower and embedding on the first stage, output layer on
+    the last. The interface of ``Qwen25VLModel`` (inputs, ``logit_positions``, outputs)."""
+
+    def __init__(self, model: ModelConfig, parallel: ParallelConfig, *, pre_process: bool = True,
+                 post_process: bool = True, te_available: bool | None = None, init_weights: bool = True):
+        from megatron.core import parallel_state as ps
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.transformer.enums import ModelType
+        from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+
+        impl = checked_transformer_impl(model, te_available)
+        super().__init__(config=transformer_config(model, parallel, impl, init_weights))
+        self.model_cfg, self.transformer_impl = model, impl
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process, self.post_process = pre_process, post_process
+        self.vision_model = None
+        if pre_process:
+            from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
+
+            from megatron_vopd.models.qwen35.hf_config import hf_vision_config
+
+            vision_cfg = hf_vision_config(model)
+            vision_cfg._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+            self.vision_model = Qwen3_5VisionModel._from_config(vision_cfg, dtype=self.config.params_dtype)
+        per_stage = model.num_layers // parallel.pipeline_model_parallel_size
+        first = ps.get_pipeline_model_parallel_rank() * per_stage
+        stage_types = list(model.decoder.layer_types[first:first + per_stage])
+        spec = TransformerBlockSubmodules(layer_specs=layer_specs(stage_types), layer_norm=ZeroCentredRMSNorm)
+        self.language_model = GPTModel(
+            config=self.config,
+            transformer_layer_spec=spec,
+            vocab_size=model.vocab_size,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=model.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_percent=model.decoder.partial_rotary,
+            rotary_base=int(model.rope_theta),
+        )
+        rotary_dim = int(model.head_dim * model.decoder.partial_rotary)
+        self.language_model.rotary_pos_emb = InterleavedMRoPE(rotary_dim, model.rope_theta)
+        self._logit_positions = None
+        if post_process:
+            self.language_model.output_layer.register_forward_pre_hook(self._select_positions)
+
+    # the same plumbing as Qwen25VLModel: output-layer positions, tied embeddings, pipeline input
+    def _select_positions(self, output_layer, args):
+        if self._logit_positions is None:
+            return None
+        hidden = args[0]
+        if self.config.sequence_parallel:
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden = gather_from_sequence_parallel_region(hidden)
+        return (hidden.transpose(0, 1)[self._logit_positions][:, None], *args[1:])
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def set_input_tensor(self, input_tensor):
+        self.language_model.set_input_tensor(input_tensor)
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None) -> Tensor:
+        emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H]
+        if pixel_values is None:
+            return emb
+        image_mask = input_ids == self.model_cfg.image_token_id
+        features = self.vision_model(pixel_values.to(emb.dtype), grid_thw=image_grid_thw).pooler_output
+        if int(image_mask.sum()) != features.shape[0]:
+            raise ValueError(f"{int(image_mask.sum())} image tokens in input_ids but the vision tower "
+                             f"produced {features.shape[0]} features for image_grid_thw={image_grid_thw.tolist()}")
+        emb = emb.transpose(0, 1).masked_scatter(image_mask[..., None], features.to(emb.dtype))
+        return emb.transpose(0, 1).contiguous()
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
+                pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
+                logit_positions: Tensor | None = None) -> Tensor:
+        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
+        self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
+        if self._logit_positions is not None and self.config.sequence_parallel:
+            self.language_model.output_layer.sequence_parallel = False
+        try:
+            out = self.language_model(input_ids=None, position_ids=position_ids,
+                                      attention_mask=causal_padding_mask(attention_mask), decoder_input=decoder_input)
+        finally:
+            if self._logit_positions is not None and self.config.sequence_parallel:
+                self.language_model.output_layer.sequence_parallel = True
+            self._logit_positions = None
+        return out[0] if self.post_process and logit_positions is not None else out
+
+
+def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None,
+                init_weights: bool = True) -> Qwen35Model:
+    from megatron.core import parallel_state as ps
+
+    stage = Qwen35Model(model, parallel, pre_process=ps.is_pipeline_first_stage(),
+                        post_process=ps.is_pipeline_last_stage(), te_available=te_available, init_weights=init_weights)
+    dtype = stage.config.params_dtype
+    for p in stage.parameters():
+        if p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage
