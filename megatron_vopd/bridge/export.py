@@ -21,13 +21,15 @@ from megatron_vopd.bridge.table import MappingTable
 
 
 def export_hf(model, table: MappingTable, cfg, dtype: torch.dtype | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-    """Collective over the model-parallel group; every rank gets the whole stream."""
+    """Collective over the model-parallel group; every rank gets the whole stream. ``dtype`` (the engine's,
+    for weight sync) casts every tensor but those the engine keeps in fp32 (``Mapping.engine_fp32``)."""
     for name, full in iter_full_parameters(model, table):
         mapping = table.megatron(name)
         if not mapping.export:
             continue
+        cast = dtype is not None and not mapping.engine_fp32
         for hf_name, tensor in mapping.to_hf(full, cfg).items():
-            yield hf_name, tensor if dtype is None else tensor.to(dtype)
+            yield hf_name, tensor.to(dtype) if cast else tensor
 
 
 def save_hf_weights(model, table: MappingTable, cfg, out: str | Path, *, shard_bytes: int = 2 * 1024**3) -> int:

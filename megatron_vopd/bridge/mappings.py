@@ -25,10 +25,13 @@ class Mapping:
 
     tp_dim: int | None = None  # None: the same on every TP rank; else the split dimension
 
-    def __init__(self, megatron: str, hf: str | tuple[str, ...], *, export: bool = True):
+    def __init__(self, megatron: str, hf: str | tuple[str, ...], *, export: bool = True, engine_fp32: bool = False):
         self.megatron = megatron
         self.hf = (hf,) if isinstance(hf, str) else tuple(hf)
         self.export = export  # False for a copy that must not be written twice (tied output layer)
+        # True where the rollout engine keeps the tensor in fp32 whatever its dtype (vLLM's GDN A_log): weight
+        # sync then sends it uncast, so a synced engine holds what an engine loaded from an fp32 export holds
+        self.engine_fp32 = engine_fp32
 
     def __repr__(self):
         return f"{type(self).__name__}({self.megatron!r} <- {', '.join(self.hf)})"
@@ -133,8 +136,8 @@ class PartsColumnParallel(ColumnParallel):
     and its ``conv1d`` = q, k, v channels). ``parts`` are the part sizes along dim 0 and ``hf_parts``
     how many consecutive parts each HF tensor holds (``in_proj_qkv`` holds three)."""
 
-    def __init__(self, megatron: str, hf, *, parts: tuple[int, ...], hf_parts: tuple[int, ...], export: bool = True):
-        super().__init__(megatron, hf, export=export)
+    def __init__(self, megatron: str, hf, *, parts: tuple[int, ...], hf_parts: tuple[int, ...], **kwargs):
+        super().__init__(megatron, hf, **kwargs)
         if len(self.hf) != len(hf_parts) or sum(hf_parts) != len(parts):
             raise ValueError(f"{megatron}: {len(self.hf)} HF tensors for hf_parts {hf_parts} over {len(parts)} parts")
         self.parts, self.hf_parts = tuple(parts), tuple(hf_parts)

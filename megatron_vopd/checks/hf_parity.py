@@ -43,12 +43,14 @@ def main(argv=None) -> int:
     ap.add_argument("--pp", type=int, default=1)
     ap.add_argument("--save-logits")
     ap.add_argument("--atol", type=float, default=1e-4)
+    ap.add_argument("--impl", default="auto", choices=["auto", "local", "transformer_engine"],
+                    help="layer spec; auto (TE with CUDA and TE, else local) is what `vopd convert` built the checkpoint with")
     args = ap.parse_args(argv)
 
     # an fp32 parity check: no TF32 (cuDNN convolutions, the vision patch embedding, default to it)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     cfg = read_model_config(args.ckpt)
-    cfg.transformer_impl = "local"
+    cfg.transformer_impl = args.impl
     info = init_distributed(args.tp, args.pp, timeout_s=300)
     arch = architecture(cfg.arch)
     model = arch.build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp),

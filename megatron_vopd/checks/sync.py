@@ -4,8 +4,11 @@ model's probabilities; stale weights are refused; a sync changes the output.
 A torchrun worker (the engine lives with global rank 0):
 
     torchrun --nproc-per-node 2 -m megatron_vopd.checks.sync --tp 2 --workdir /tmp/x [--greedy-vs-transformers]
+        [--model tiny-qwen3.5 --dtype bfloat16]
 
-Prints ``RESULT {...}`` on rank 0 with the max |logprob difference| over all sampled tokens.
+``--dtype`` is the dtype of the Megatron parameters, of the synced weights and of vLLM's engine (and of
+transformers for the greedy comparison). Prints ``RESULT {...}`` on rank 0 with the max and mean
+|logprob difference| over all sampled tokens.
 """
 
 from __future__ import annotations
@@ -60,10 +63,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--greedy-vs-transformers", action="store_true")
     ap.add_argument("--bucket-bytes", type=int, default=8 * 1024**2)
+    ap.add_argument("--model", default="tiny-qwen2.5-vl", help="model recipe (configs/model/*.yaml)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     args = ap.parse_args(argv)
 
-    cfg = load_model_config("tiny-qwen2.5-vl")
+    cfg = load_model_config(args.model)
     cfg.transformer_impl = "local"
+    cfg.params_dtype = args.dtype
     info = init_distributed(args.tp, args.pp, seed=7, timeout_s=1800)
     arch = architecture(cfg.arch)
     model = arch.build_model(cfg, ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp))
@@ -72,9 +78,9 @@ def main(argv=None) -> int:
     rank0 = info.rank == 0
     # The engine starts from the policy's current weights on disk (vLLM's dummy start leaves its
     # vision tower wrong even after a reload), then follows the policy by syncs.
-    engine = start_engine(model, cfg, RolloutConfig(dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1),
+    engine = start_engine(model, cfg, RolloutConfig(dtype=args.dtype, max_model_len=1024, cpu_kvcache_space_gib=1),
                           work / "engine")
-    sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype="float32")  # noqa: E731
+    sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype=args.dtype)  # noqa: E731
     perturb(model, seed=5)
     stats = sync(1)
     prompts = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
@@ -93,6 +99,7 @@ def main(argv=None) -> int:
             diffs += [abs(a - b) for a, b in zip(ours, s.logprobs)]
     result["sampled_tokens"] = len(diffs)
     result["logprob_max_abs_diff"] = max(diffs)
+    result["logprob_mean_abs_diff"] = sum(diffs) / len(diffs)
 
     # Change the weights; without a sync the engine refuses; after one its output changes.
     perturb(model, seed=11)
@@ -111,7 +118,10 @@ def main(argv=None) -> int:
     if args.greedy_vs_transformers:
         save_hf_weights(model, MappingTable.for_config(cfg), cfg, work / "exported")
         if rank0:
-            result["greedy_transformers"] = transformers_greedy(arch, work / "exported", prompts, max_new_tokens=8)
+            theirs, logits = transformers_greedy(arch, work / "exported", prompts, max_new_tokens=8,
+                                                 dtype=getattr(torch, args.dtype))
+            result["greedy_transformers"] = theirs
+            result["greedy_vs_transformers"] = compare_greedy(result["greedy_after"], theirs, logits)
     if rank0:
         engine.shutdown()
         print("RESULT " + json.dumps(result), flush=True)
@@ -119,16 +129,48 @@ def main(argv=None) -> int:
     return 0
 
 
-def transformers_greedy(arch, hf_dir, prompts, max_new_tokens: int) -> list[list[int]]:
-    model = arch.hf_model_class().from_pretrained(hf_dir, dtype=torch.float32).eval()
-    out = []
+def transformers_greedy(arch, hf_dir, prompts, max_new_tokens: int, dtype=torch.float32):
+    """Transformers' greedy tokens per prompt on the exported folder, with each step's logits (fp32)."""
+    from megatron_vopd.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(arch.tokenizer)
+    stop = [tok.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")]
+    model = arch.hf_model_class().from_pretrained(hf_dir, dtype=dtype).eval()
+    tokens, scores = [], []
     for _req, pv, grid, expanded in prompts:
         ids = torch.tensor([expanded])
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, image_grid_thw=grid,
-                             mm_token_type_ids=(ids == model.config.image_token_id).int(), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=[151645, 151643], pad_token_id=151643)
-        out.append(gen[0, ids.shape[1]:].tolist())
-    return out
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv.to(dtype),
+                             image_grid_thw=grid, mm_token_type_ids=(ids == model.config.image_token_id).int(),
+                             do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=stop, pad_token_id=stop[1],
+                             output_logits=True, return_dict_in_generate=True)
+        tokens.append(gen.sequences[0, ids.shape[1]:].tolist())
+        scores.append([step[0].float() for step in gen.logits])
+    return tokens, scores
+
+
+def bf16_ulp(x: float) -> float:
+    """The spacing of bfloat16 numbers at ``x`` (8 significant bits)."""
+    import math
+
+    return 2.0 ** (math.floor(math.log2(abs(x))) - 7) if x else 2.0 ** -133
+
+
+def compare_greedy(ours: list[list[int]], theirs: list[list[int]], their_logits) -> dict:
+    """Equal tokens up to the first divergence of each prompt; at a divergence, how far transformers'
+    own logit for the engine's token is below its choice (a bf16 near-tie is a margin of a few ulps)."""
+    equal, compared, margins = 0, 0, []
+    for a, b, logits in zip(ours, theirs, their_logits):
+        for i, (x, y) in enumerate(zip(a, b)):
+            compared += 1
+            if x != y:
+                margins.append({"step": i, "margin": float(logits[i][y] - logits[i][x]),
+                                "bf16_ulp": bf16_ulp(float(logits[i][y]))})
+                break
+            equal += 1
+        else:
+            if len(a) != len(b):
+                margins.append({"step": min(len(a), len(b)), "margin": float("inf"), "bf16_ulp": 0.0})
+    return {"equal_tokens": equal, "compared_tokens": compared, "divergence_margins": margins}
 
 
 if __name__ == "__main__":

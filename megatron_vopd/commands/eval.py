@@ -131,7 +131,7 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
     cuda = torch.cuda.is_available()
     if not cuda:
         model_cfg.transformer_impl = "local"
-    dtype = cfg.rollout.dtype if cuda else "float32"
+    dtype = cfg.rollout.dtype if cuda else architecture(model_cfg.arch).cpu_rollout_dtype
     family = cfg.data.tokenizer
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(family)

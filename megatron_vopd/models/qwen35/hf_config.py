@@ -58,8 +58,9 @@ def model_config(raw: dict, src: str, vision_config: type, decoder_config: type)
             linear_key_head_dim=get_key(text, "linear_key_head_dim", src),
             linear_value_head_dim=get_key(text, "linear_value_head_dim", src),
             linear_num_key_heads=get_key(text, "linear_num_key_heads", src),
-            linear_num_value_heads=get_key(text, "linear_num_value_heads", src)),
-        params_dtype=hf_params_dtype(raw),
+            linear_num_value_heads=get_key(text, "linear_num_value_heads", src),
+            mamba_ssm_dtype=text.get("mamba_ssm_dtype")),
+        params_dtype=hf_params_dtype(raw if ("dtype" in raw or "torch_dtype" in raw) else text),  # published: text_config.dtype
     )
 
 
@@ -78,6 +79,7 @@ def hf_config(cfg: ModelConfig):
             linear_conv_kernel_dim=d.linear_conv_kernel_dim, linear_key_head_dim=d.linear_key_head_dim,
             linear_value_head_dim=d.linear_value_head_dim, linear_num_key_heads=d.linear_num_key_heads,
             linear_num_value_heads=d.linear_num_value_heads,
+            **({"mamba_ssm_dtype": d.mamba_ssm_dtype} if d.mamba_ssm_dtype else {}),
             rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta,
                              "partial_rotary_factor": d.partial_rotary, "mrope_section": list(cfg.mrope_section),
                              "mrope_interleaved": True}),

@@ -8,6 +8,12 @@ HF weight is stored as it is); the GDN's own gated norm is plain ``w``. Rotary: 
 of the head dim, with the THW sections INTERLEAVED (``InterleavedMRoPE``). GDN ignores the
 attention mask: padded positions are zeroed before every GDN layer, as transformers does.
 
+Two layer specs (``model.transformer_impl``): the LOCAL one (``layer_specs``: megatron-core modules and
+torch norms; the CPU path) and the Transformer Engine one (``te_block_spec``: megatron-core's hybrid
+block builder for ``experimental_attention_variant="gated_delta_net"``, TE linears with the pre-norms
+fused in, TE's zero-centred RMSNorm, fla's kernels inside GatedDeltaNet), with two substitutions: the
+padding-aware GDN below, and a plain (not zero-centred) TE norm for the GDN's gated output norm.
+
 The vision tower (16-px patches, learned position embedding, 2x2 merger) is transformers' own
 ``Qwen3_5VisionModel``, replicated on every TP rank of the first pipeline stage (as for Qwen2.5-VL).
 """
@@ -111,9 +117,52 @@ def layer_specs(layer_types: list[str]) -> list:
     return out
 
 
+def _plain_te_norm():
+    from megatron.core.extensions.transformer_engine import TENorm
+
+    class PlainTENorm:
+        """TE's RMSNorm WITHOUT the zero-centred gamma the decoder's config asks for: the GDN's gated
+        output norm multiplies by ``w`` itself (transformers' ``Qwen3_5RMSNormGated``)."""
+
+        def __new__(cls, config, hidden_size: int, eps: float = 1e-6):
+            return TENorm(dataclasses.replace(config, layernorm_zero_centered_gamma=False), hidden_size, eps)
+
+    return PlainTENorm
+
+
+def te_block_spec(config, pp_rank: int):
+    """The Transformer Engine block spec of this pipeline stage: megatron-core's hybrid block builder
+    (it slices the layer pattern per stage), with the padding-aware GDN and its plain output norm."""
+    from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
+        get_transformer_block_with_experimental_attention_variant_spec)
+    from megatron.core.ssm.gated_delta_net import GatedDeltaNet
+
+    spec = get_transformer_block_with_experimental_attention_variant_spec(config, pp_rank=pp_rank)
+    gdn, norm = _gdn_class(), _plain_te_norm()
+    layers = []
+    for layer in spec.layer_specs:
+        mixer = layer.submodules.self_attention
+        if mixer.module is GatedDeltaNet:
+            mixer = dataclasses.replace(mixer, module=gdn,
+                                        submodules=dataclasses.replace(mixer.submodules, out_norm=norm))
+            layer = dataclasses.replace(layer, submodules=dataclasses.replace(layer.submodules, self_attention=mixer))
+        layers.append(layer)
+    return dataclasses.replace(spec, layer_specs=layers)
+
+
+def te_settings(model: ModelConfig, impl: str) -> dict:
+    """TransformerConfig keys of the TE spec: the hybrid pattern for megatron-core's block builder (1 =
+    Gated DeltaNet) and zero-centred norms done by TE itself. Empty for the local spec."""
+    if impl != "transformer_engine":
+        return {}
+    return dict(transformer_impl="transformer_engine", experimental_attention_variant="gated_delta_net",
+                linear_attention_freq=[int(t == "linear_attention") for t in model.decoder.layer_types],
+                layernorm_zero_centered_gamma=True)
+
+
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
     """Megatron TransformerConfig of the Qwen3.5 decoder (SwiGLU, GQA without bias, gated attention,
-    GDN head sizes from ``model.decoder``)."""
+    GDN head sizes from ``model.decoder``; the TE spec's keys for ``impl="transformer_engine"``)."""
     import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -142,6 +191,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, 
         linear_num_value_heads=q.linear_num_value_heads,
         # layers of two kinds: one checkpoint key per layer (not one stacked key per kind of tensor)
         hetereogenous_dist_checkpoint=True,
+        **te_settings(model, impl),
         **common_settings(model, parallel, init_weights),
     )
 
@@ -171,10 +221,13 @@ class Qwen35Model(MegatronModule):
             vision_cfg = hf_vision_config(model)
             vision_cfg._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
             self.vision_model = Qwen3_5VisionModel._from_config(vision_cfg, dtype=self.config.params_dtype)
-        per_stage = model.num_layers // parallel.pipeline_model_parallel_size
-        first = ps.get_pipeline_model_parallel_rank() * per_stage
-        stage_types = list(model.decoder.layer_types[first:first + per_stage])
-        spec = TransformerBlockSubmodules(layer_specs=layer_specs(stage_types), layer_norm=ZeroCentredRMSNorm)
+        if impl == "transformer_engine":
+            spec = te_block_spec(self.config, ps.get_pipeline_model_parallel_rank())
+        else:
+            per_stage = model.num_layers // parallel.pipeline_model_parallel_size
+            first = ps.get_pipeline_model_parallel_rank() * per_stage
+            stage_types = list(model.decoder.layer_types[first:first + per_stage])
+            spec = TransformerBlockSubmodules(layer_specs=layer_specs(stage_types), layer_norm=ZeroCentredRMSNorm)
         self.language_model = GPTModel(
             config=self.config,
             transformer_layer_spec=spec,
