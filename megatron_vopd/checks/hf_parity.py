@@ -16,6 +16,7 @@ import json
 import sys
 
 import torch
+import torch.distributed as dist
 
 
 def transformers_logits(hf_dir: str, batch: dict, arch) -> torch.Tensor:
@@ -34,7 +35,7 @@ def main(argv=None) -> int:
     from megatron_vopd.checks.common import forward_logits
     from megatron_vopd.checks.layouts import make_batch
     from megatron_vopd.config import ParallelConfig
-    from megatron_vopd.runtime import init_distributed
+    from megatron_vopd.runtime import destroy_distributed, init_distributed
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--hf", required=True)
@@ -59,16 +60,21 @@ def main(argv=None) -> int:
     model.eval()
     batch = make_batch(cfg)
     ours = forward_logits(model, batch).cpu()
-    if info.rank != 0:
-        return 0
-    theirs = transformers_logits(args.hf, batch, arch)
-    valid = batch["attention_mask"].bool()
-    diff = (ours - theirs).abs()[valid].max().item()
-    if args.save_logits:
-        torch.save(ours, args.save_logits)
-    print("RESULT " + json.dumps({"tp": args.tp, "pp": args.pp, "logits_max_abs_diff": diff,
-                                  "logits_abs_max": theirs[valid].abs().max().item()}), flush=True)
-    return 0 if diff <= args.atol else 1
+    verdict = [0]
+    if info.rank == 0:
+        theirs = transformers_logits(args.hf, batch, arch)
+        valid = batch["attention_mask"].bool()
+        diff = (ours - theirs).abs()[valid].max().item()
+        if args.save_logits:
+            torch.save(ours, args.save_logits)
+        print("RESULT " + json.dumps({"tp": args.tp, "pp": args.pp, "logits_max_abs_diff": diff,
+                                      "logits_abs_max": theirs[valid].abs().max().item()}), flush=True)
+        verdict = [0 if diff <= args.atol else 1]
+    # every rank waits for rank 0's verdict and leaves the process group together: a rank that exits while
+    # another still works can abort in gloo's teardown, and torchrun then kills the one printing the result
+    dist.broadcast_object_list(verdict, src=0)
+    destroy_distributed()
+    return verdict[0]
 
 
 if __name__ == "__main__":
