@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.test_convert import convert  # the real `vopd convert`
-from tests.test_teacher import bf16_ulp
+from megatron_vopd.runtime.dtypes import bf16_ulp
 from tests.test_trainer import recipe, scenes, train  # noqa: F401 - scenes is a fixture
 
 pytestmark = pytest.mark.slow

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from megatron_vopd.distill.teacher import Teacher
+from megatron_vopd.runtime.dtypes import bf16_ulp
 
 
 def student():
@@ -62,12 +63,6 @@ def test_bad_settings_are_named(kwargs, match):
     args = dict(mode="ema", build_copy=build_copy, ema_rate=0.05) | kwargs
     with pytest.raises(ValueError, match=match):
         Teacher(args.pop("mode"), student(), **args)
-
-
-def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
-    """One unit in the last place of bf16 values (8 significant bits)."""
-    tiny = torch.finfo(torch.bfloat16).tiny
-    return torch.exp2(torch.floor(torch.log2(x.float().abs().clamp_min(tiny))) - 7)
 
 
 def within_one_ulp(ours: torch.Tensor, ref32: torch.Tensor) -> float:

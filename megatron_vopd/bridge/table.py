@@ -15,6 +15,7 @@ import re
 
 from megatron_vopd.architecture import architecture
 from megatron_vopd.bridge.mappings import Mapping
+from megatron_vopd.config import resolve_transformer_impl
 
 # pre-norm -> the linears it is fused into under Transformer Engine (the first that the layer has)
 FUSED_INTO = {"input_layernorm": ("self_attention.linear_qkv", "self_attention.in_proj"),
@@ -49,8 +50,6 @@ class MappingTable:
     def for_config(cls, cfg, impl: str | None = None) -> MappingTable:
         """The family's table for the layer spec ``impl`` ("local" or "transformer_engine"; None: the
         spec ``cfg.transformer_impl`` resolves to here, as the model builder resolves it)."""
-        from megatron_vopd.config import resolve_transformer_impl
-
         mappings = architecture(cfg.arch).mapping_table(cfg)
         if (impl or resolve_transformer_impl(cfg)) == "transformer_engine":
             mappings = te_fused_norm_names(mappings)

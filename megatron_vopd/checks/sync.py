@@ -148,23 +148,18 @@ def transformers_greedy(arch, hf_dir, prompts, max_new_tokens: int, dtype=torch.
     return tokens, scores
 
 
-def bf16_ulp(x: float) -> float:
-    """The spacing of bfloat16 numbers at ``x`` (8 significant bits)."""
-    import math
-
-    return 2.0 ** (math.floor(math.log2(abs(x))) - 7) if x else 2.0 ** -133
-
-
 def compare_greedy(ours: list[list[int]], theirs: list[list[int]], their_logits) -> dict:
     """Equal tokens up to the first divergence of each prompt; at a divergence, how far transformers'
     own logit for the engine's token is below its choice (a bf16 near-tie is a margin of a few ulps)."""
+    from megatron_vopd.runtime.dtypes import bf16_ulp
+
     equal, compared, margins = 0, 0, []
     for a, b, logits in zip(ours, theirs, their_logits):
         for i, (x, y) in enumerate(zip(a, b)):
             compared += 1
             if x != y:
                 margins.append({"step": i, "margin": float(logits[i][y] - logits[i][x]),
-                                "bf16_ulp": bf16_ulp(float(logits[i][y]))})
+                                "bf16_ulp": float(bf16_ulp(logits[i][y]))})
                 break
             equal += 1
         else:

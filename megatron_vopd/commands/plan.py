@@ -79,7 +79,8 @@ def run(args) -> int:
 
 def verdict(cfg, layouts, args) -> str:
     """One line: does the recipe's batch fit this machine, with which layout, and how many rollout waves."""
-    GIB = 1024**3
+    from megatron_vopd.plan import GIB
+
     d, r = cfg.data, cfg.rollout
     batch = (f"{d.prompts_per_step} prompts x {r.n_samples} samples = {d.prompts_per_step * r.n_samples} sequences "
              f"(prompts <= {d.max_prompt_length} tokens, answers <= {r.max_tokens})")
@@ -87,8 +88,14 @@ def verdict(cfg, layouts, args) -> str:
     fitting = [p for p in layouts if p["fits"]]
     if not fitting:
         best = min(layouts, key=lambda p: p["training_total"] - p["training_budget"]) if layouts else None
-        why = (f"; the closest layout, TP={best['tp']} PP={best['pp']}, needs {best['training_total'] / GIB:.1f} GiB for "
-               f"training against {best['training_budget'] / GIB:.1f}" if best else "")
+        if best is None:
+            why = ""
+        elif best["training_fits"]:  # training fits somewhere: the rollout's share cannot hold one sequence
+            why = (f"; at TP={best['tp']} PP={best['pp']} training fits but the vLLM share cannot hold one "
+                   f"{r.max_model_len}-token sequence (raise rollout.gpu_memory_utilization or rollout.tensor_parallel_size)")
+        else:
+            why = (f"; the closest layout, TP={best['tp']} PP={best['pp']}, needs {best['training_total'] / GIB:.1f} GiB "
+                   f"for training against {best['training_budget'] / GIB:.1f}")
         return f"=> {batch} does NOT fit on {machine}{why}"
     p = fitting[0]
     engines = p["world_size"] // p["rollout_tp"]
