@@ -12,7 +12,8 @@ Recipes:
   synthetic data -> crop warm-up (configs/demo-warmup.yaml) -> Vision-OPD with vLLM rollouts and
   evaluation before/after (configs/demo.yaml), each training stage at TP = processes per node.
   Runs on CPU with the local executor (2 processes).
-- ``qwen2.5-vl-3b`` / ``-7b`` / ``-32b`` / ``-72b``: Vision-OPD at scale from configs/scaleout/,
+- ``qwen2.5-vl-3b`` / ``-7b`` / ``-32b`` / ``-72b``, ``qwen3.5-4b`` / ``-9b``, ``qwen3-vl-8b``: Vision-OPD at
+  scale from configs/scaleout/,
   for H100 nodes (slurm or docker executor); their default node count is the one the recipe's
   layout (TP x PP) was planned for (``vopd plan --recipe NAME --nodes N``).
 """
@@ -49,7 +50,8 @@ class Recipe:
     gpus_per_node: int  # default --gpus-per-node (processes per node on the CPU)
 
 
-SCALEOUT_NODES = {"qwen2.5-vl-3b": 1, "qwen2.5-vl-7b": 1, "qwen2.5-vl-32b": 4, "qwen2.5-vl-72b": 8}
+SCALEOUT_NODES = {"qwen2.5-vl-3b": 1, "qwen2.5-vl-7b": 1, "qwen2.5-vl-32b": 4, "qwen2.5-vl-72b": 8,
+                  "qwen3.5-4b": 1, "qwen3.5-9b": 1, "qwen3-vl-8b": 1}
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe("demo", "tiny Qwen2.5-VL on synthetic scenes: data -> crop warm-up -> Vision-OPD (CPU)",

@@ -41,6 +41,7 @@ import importlib
 FAMILIES: dict[str, str] = {
     "qwen2.5-vl": "megatron_vopd.models.qwen25_vl",
     "qwen3.5": "megatron_vopd.models.qwen35",
+    "qwen3-vl": "megatron_vopd.models.qwen3_vl",
 }
 
 

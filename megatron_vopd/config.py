@@ -126,7 +126,7 @@ class DataConfig:
     max_prompt_length: int = 8192  # prompt tokens (image tokens included); longer prompts are dropped
     max_response_length: int = 1024  # response tokens trained on
     prompts_per_step: int = 96  # prompts per rollout batch = per optimiser step
-    tokenizer: Literal["qwen2.5", "qwen3.5"] | None = None  # tokenizer and chat template family; null = model.arch's
+    tokenizer: Literal["qwen2.5", "qwen3.5", "qwen3-vl"] | None = None  # tokenizer and chat template family; null = model.arch's
     answer_format: Literal["letter", "sentence", "color"] = "letter"  # reference responses of objective=crop_sft (synthetic data)
     image_root: str | None = None  # directory the image paths in train/eval files are relative to; None = the one recorded by `vopd data prepare`
 

@@ -32,6 +32,11 @@ def qwen35_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def qwen3vl_tokenizer():
+    return load_tokenizer("qwen3-vl")
+
+
+@pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """24 synthetic 224x224 scenes in the raw Vision-OPD-6K layout."""
     out = tmp_path_factory.mktemp("synth")

@@ -58,3 +58,32 @@ def save_tiny_qwen35(out: Path, *, tied: bool = False, layers: int = 4, seed: in
 
 
 TINY_HF["qwen3.5"] = save_tiny_qwen35
+
+
+def save_tiny_qwen3_vl(out: Path, *, tied: bool = False, layers: int = 4, seed: int = 0) -> Path:
+    """A tiny random Qwen3-VL (configs/model/tiny-qwen3-vl.yaml's shapes: deepstack of vision blocks 0-2
+    into decoder layers 0-2) saved by transformers."""
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = Qwen3VLConfig(
+        text_config=dict(vocab_size=151936, hidden_size=128, intermediate_size=256, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
+                         tie_word_embeddings=tied,
+                         rope_parameters={"rope_type": "default", "rope_theta": 5e6, "mrope_section": [12, 10, 10],
+                                          "mrope_interleaved": True}),
+        vision_config=dict(depth=3, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=128,
+                           num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2]),
+        tie_word_embeddings=tied)
+    model = Qwen3VLForConditionalGeneration(cfg)
+    with torch.no_grad():  # larger than the init so that logits differ visibly; norms near their init of 1
+        for name, p in model.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.08)
+            elif "norm" in name and "visual" not in name:
+                p.normal_(1, 0.1)
+    model.save_pretrained(out)
+    return out
+
+
+TINY_HF["qwen3-vl"] = save_tiny_qwen3_vl

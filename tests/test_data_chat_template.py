@@ -11,7 +11,7 @@ from megatron_vopd.data.chat_template import (
 from megatron_vopd.data.image_processing import QwenVLImageProcessor
 from megatron_vopd.data.synth import QA, format_problem
 from megatron_vopd.data.tokenizer import SPECIAL_TOKEN_IDS
-from tests.data_fixtures import qwen25_tokenizer, qwen35_tokenizer  # noqa: F401
+from tests.data_fixtures import qwen25_tokenizer, qwen35_tokenizer, qwen3vl_tokenizer  # noqa: F401
 
 PROBLEMS = [
     format_problem(QA("What is the color of the circle inside the red box?", ("blue", "green", "yellow", "gray"), 2)),
@@ -76,6 +76,42 @@ def test_qwen35_ids_equal_template_rendered_by_transformers(index, thinking, qwe
     assert (ours == SPECIAL_TOKEN_IDS["qwen3.5"]["<|image_pad|>"]).sum() == n_pads
 
 
+@pytest.mark.parametrize("index", range(len(PROBLEMS)))
+def test_qwen3_vl_ids_equal_processor_with_chat_template(index, qwen3vl_tokenizer, tmp_path):
+    """Qwen3-VL-Instruct: the processor our conversion writes (transformers' Qwen3VLProcessor, the real template)
+    renders and tokenises the prompt and the image exactly as ``encode_prompt`` and our image processor."""
+    from transformers import AutoProcessor
+
+    from megatron_vopd.architecture import architecture
+
+    problem, (w, h) = PROBLEMS[index], IMAGE_SIZES[index]
+    image = Image.fromarray(np.random.default_rng(index).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    arch = architecture("qwen3-vl")
+    arch.save_processor(tmp_path, min_pixels=64 * 64, max_pixels=512 * 512)
+    processor = AutoProcessor.from_pretrained(tmp_path)
+    text = processor.apply_chat_template(build_messages(problem), tokenize=False, add_generation_prompt=True)
+    assert text == render_prompt(problem, "qwen3-vl") and "system" not in text and "<think>" not in text
+    theirs = processor(text=[text], images=[image], return_tensors="np")
+    ours_proc = QwenVLImageProcessor.for_family("qwen3-vl", min_pixels=64 * 64, max_pixels=512 * 512)
+    pixels = ours_proc([image])
+    ours = encode_prompt(problem, qwen3vl_tokenizer, "qwen3-vl", [ours_proc.num_image_tokens(h, w)])
+    np.testing.assert_array_equal(ours, theirs["input_ids"][0])
+    # transformers loads the saved processor with its torchvision backend (Qwen2VLImageProcessor), whose resize
+    # rounds differently from PIL's (ours, and Qwen2VLImageProcessorPil's exactly): measured, one intensity level
+    # (2/255 after the 0.5 normalisation) in 0.2% of the values of a resized image
+    diff = np.abs(pixels["pixel_values"] - theirs["pixel_values"])
+    assert diff.max() <= 2 / 255 + 1e-6 and (diff > 1e-6).mean() < 0.01, (diff.max(), (diff > 1e-6).mean())
+    np.testing.assert_array_equal(pixels["image_grid_thw"], theirs["image_grid_thw"])
+
+
+def test_qwen3_vl_special_tokens_are_qwen3s(qwen3vl_tokenizer):
+    """Qwen2.5's 22 added tokens at 151643-151664, then <tool_response>, </tool_response>, <think>, </think>."""
+    ids = SPECIAL_TOKEN_IDS["qwen3-vl"]
+    assert ids["<|image_pad|>"] == 151655 and ids["<|vision_start|>"] == 151652 and ids["</think>"] == 151668
+    assert len(qwen3vl_tokenizer) == 151669
+    assert qwen3vl_tokenizer.decode([151667, 151645], skip_special_tokens=True) == "<think>"  # not special
+
+
 def test_student_and_teacher_differ_only_in_image_pads(qwen25_tokenizer):
     student = encode_prompt(PROBLEMS[0], qwen25_tokenizer, "qwen2.5", [256])
     teacher = encode_prompt(PROBLEMS[0], qwen25_tokenizer, "qwen2.5", [16])
@@ -88,6 +124,11 @@ def test_templates_are_the_models_own():
     q25, q35 = load_chat_template("qwen2.5"), load_chat_template("qwen3.5")
     assert "Qwen2.5-VL" in q25.split("-#}")[0] and "You are a helpful assistant." in q25
     assert "Qwen3.5" in q35.split("-#}")[0] and "enable_thinking is defined and enable_thinking is false" in q35
+    import hashlib
+
+    q3vl = load_chat_template("qwen3-vl")
+    body = q3vl.split("-#}\n", 1)[1] + "\n"  # the published template below our comment
+    assert hashlib.sha256(body.encode()).hexdigest() == "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
     with pytest.raises(ValueError, match="data.tokenizer"):
         load_chat_template("llama")
 

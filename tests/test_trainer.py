@@ -199,3 +199,18 @@ def test_qwen35_vision_opd_resume_is_exact(tmp_path, scenes):
     assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
     assert second["losses"] == straight["losses"][2:]
     assert len(set(straight["losses"])) == 4 and all(x > 0 for x in straight["losses"])
+
+
+QWEN3VL = dict(model="tiny-qwen3-vl", data=QWEN35["data"])  # 16-px patches as Qwen3.5's
+
+
+@pytest.mark.slow
+def test_qwen3_vl_vision_opd_resume_is_exact(tmp_path, scenes):
+    """Vision-OPD on tiny Qwen3-VL (deepstack): 4 steps straight == its step-2 checkpoint resumed for steps 3-4."""
+    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN3VL))
+    resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
+    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **QWEN3VL))
+    print("straight", straight["losses"], "resumed", second["losses"])
+    assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
+    assert second["losses"] == straight["losses"][2:]
+    assert len(set(straight["losses"])) == 4 and all(x > 0 for x in straight["losses"])

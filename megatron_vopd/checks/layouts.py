@@ -63,10 +63,12 @@ def main():
     ap.add_argument("--save")
     ap.add_argument("--compare")
     ap.add_argument("--atol", type=float, default=1e-5)
+    ap.add_argument("--recompute", action="store_true", help="full activation recompute (model.recompute)")
     args = ap.parse_args()
 
     model_cfg = load_model_config(args.model)
     model_cfg.transformer_impl = "local"
+    model_cfg.recompute = args.recompute
     parallel = ParallelConfig(tensor_model_parallel_size=args.tp, pipeline_model_parallel_size=args.pp)
     info = init_distributed(args.tp, args.pp, seed=1234, timeout_s=120)
     model = architecture(model_cfg.arch).build_model(model_cfg, parallel)

@@ -14,6 +14,7 @@ Rendered per family (the shipped templates in ``templates/`` are the models' own
   then ``<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n``.
 - ``qwen3.5``: no system turn; ``<|im_start|>user\\n{content|trim}<|im_end|>\\n<|im_start|>assistant\\n``
   followed by the non-thinking prefix ``<think>\\n\\n</think>\\n\\n`` (``thinking=True``: ``<think>\\n``).
+- ``qwen3-vl`` (Qwen3-VL-Instruct): no system turn; ``<|im_start|>user\\n{content}<|im_end|>\\n<|im_start|>assistant\\n``.
 
 An image renders as ``<|vision_start|><|image_pad|><|vision_end|>``; ``encode_prompt`` then repeats
 the pad id ``grid_t * grid_h * grid_w / merge**2`` times, as the HF processor does in text.
@@ -30,7 +31,7 @@ from typing import Sequence
 import numpy as np
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
-TEMPLATE_FILES = {"qwen2.5": "qwen2_5_vl.jinja", "qwen3.5": "qwen3_5.jinja"}
+TEMPLATE_FILES = {"qwen2.5": "qwen2_5_vl.jinja", "qwen3.5": "qwen3_5.jinja", "qwen3-vl": "qwen3_vl.jinja"}
 
 IMAGE_PLACEHOLDER = "<image>"
 IMAGE_PAD = "<|image_pad|>"
@@ -71,6 +72,8 @@ def render_prompt(problem: str, family: str, *, thinking: bool = False) -> str:
     if family == "qwen3.5":
         prefix = "<think>\n" if thinking else NON_THINKING_PREFIX
         return f"<|im_start|>user\n{body.strip()}<|im_end|>\n<|im_start|>assistant\n{prefix}"
+    if family == "qwen3-vl":
+        return f"<|im_start|>user\n{body}<|im_end|>\n<|im_start|>assistant\n"
     raise ValueError(f"unknown chat template family {family!r}; known: {', '.join(TEMPLATE_FILES)} (data.tokenizer)")
 
 

@@ -43,6 +43,7 @@ PRESETS = {
     "qwen3.5": dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=(0.5, 0.5, 0.5),
                     image_std=(0.5, 0.5, 0.5)),
 }
+PRESETS["qwen3-vl"] = PRESETS["qwen3.5"]  # Qwen3-VL: the same tower and preprocessing
 
 
 def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
@@ -103,7 +104,7 @@ class QwenVLImageProcessor:
 
     @classmethod
     def for_family(cls, family: str, *, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280):
-        """The processor of a model family (``PRESETS``: "qwen2.5" or "qwen3.5") with the given pixel bounds."""
+        """The processor of a model family (a key of ``PRESETS``) with the given pixel bounds."""
         if family not in PRESETS:
             raise ValueError(f"unknown model family {family!r}; known: {', '.join(PRESETS)} (data.tokenizer)")
         return cls(min_pixels=min_pixels, max_pixels=max_pixels, **PRESETS[family])

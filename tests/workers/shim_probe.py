@@ -134,6 +134,28 @@ def gated_delta_net():
     return f"max_abs_diff={diff:.1e}"
 
 
+def recomputed_backward():
+    """Full activation recompute (model.recompute) gives the gradients of the plain backward."""
+    from megatron.core.transformer.utils import get_default_causal_mask
+
+    get_default_causal_mask.cache_clear() if hasattr(get_default_causal_mask, "cache_clear") else None
+    ids, pos = torch.randint(0, 1000, (1, 8)), torch.arange(8).expand(3, 1, 8)
+    grads = []
+    for recompute in (False, True):
+        torch.manual_seed(0)
+        model = tiny_gpt()
+        if recompute:
+            model.config.recompute_granularity, model.config.recompute_method = "full", "uniform"
+            model.config.recompute_num_layers = 1
+        model.train()
+        model(ids, pos).float().square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    diff = (grads[0] - grads[1]).abs().max().item()
+    if diff > 1e-6:
+        raise AssertionError(f"recomputed gradients differ by {diff}")
+    return f"max_abs_diff={diff:.1e}"
+
+
 WORKLOADS = {
     "cpu_rng_tracker": seed,
     "current_device_is_cpu": build,
@@ -142,6 +164,7 @@ WORKLOADS = {
     "cuda_tensor_type_names": mixed_precision_optimizer,
     "fused_adam": distributed_optimizer_reload,
     "fla_gated_delta_rule": gated_delta_net,
+    "recompute_rng": recomputed_backward,
 }
 
 

