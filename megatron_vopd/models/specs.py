@@ -46,6 +46,16 @@ def fp8_settings(model: ModelConfig) -> dict:
     return {"fp8": model.fp8, "fp8_recipe": model.fp8_recipe, "fp8_param": False}
 
 
+def decoder_settings(model: ModelConfig) -> dict:
+    """The TransformerConfig keys of a Qwen decoder's sizes and its fixed parts: RMSNorm, SwiGLU, no linear bias."""
+    import torch.nn.functional as F
+
+    return dict(num_layers=model.num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
+                num_attention_heads=model.num_attention_heads, num_query_groups=model.num_query_groups,
+                kv_channels=model.head_dim, normalization="RMSNorm", layernorm_epsilon=model.rms_norm_eps,
+                gated_linear_unit=True, activation_func=F.silu, add_bias_linear=False)
+
+
 def common_settings(model: ModelConfig, parallel: ParallelConfig, init_weights: bool = True) -> dict:
     """The TransformerConfig keys every family's decoder shares: parallelism, dtype, dropout off,
     per-token loss, fusions, recompute, FP8.

@@ -1,11 +1,11 @@
 """The pipeline-stage plumbing every vision-language family shares: a replicated vision tower whose
 features replace the image-token embeddings, a Megatron-Core ``GPTModel`` decoder, response-only logits.
 
-A family's stage subclasses ``VisionLanguageStage``, builds ``self.vision_model`` (first stage only)
-and ``self.language_model`` (a GPTModel built with ``scatter_embedding_sequence_parallel=False``:
-the image features are merged into the full-sequence embeddings first, then scattered), and calls
-``self.select_response_positions()``. Families with more than merged features (Qwen3-VL's deepstack)
-override ``vision_features`` and ``decoder_kwargs``.
+A family's stage subclasses ``VisionLanguageStage`` and hands it its TransformerConfig, layer spec and
+vision tower: the stage builds the tower (transformers' own module, first stage only, replicated over
+TP) and the ``GPTModel`` decoder (with ``scatter_embedding_sequence_parallel=False``: the image features
+are merged into the full-sequence embeddings first, then scattered). Families with more than merged
+features (Qwen3-VL's deepstack) override ``vision_features``, ``decoder_kwargs`` and ``stage_output``.
 
 Inputs are batch-first token ids ``[B, S]``; the image features replace the image-token embeddings
 in batch-major order; position ids are ``[3, B, S]`` (``mrope.py``).
@@ -21,12 +21,40 @@ from megatron_vopd.models.masks import causal_padding_mask
 
 
 class VisionLanguageStage(MegatronModule):
-    """One pipeline stage: vision tower and embedding on the first stage, output layer on the last."""
+    """One pipeline stage: vision tower and embedding on the first stage, output layer on the last.
 
-    def select_response_positions(self) -> None:
-        """Let ``forward(logit_positions=...)`` run the output layer at those positions only."""
-        self._logit_positions = None  # [B, S] bool while a forward runs
-        if self.post_process:
+    ``vision_class`` is transformers' tower module and ``vision_config`` its config; ``layer_spec`` the
+    decoder's layer spec (or block spec); ``rotary_percent`` the rotated share of the head dim."""
+
+    def __init__(self, model, config, impl: str, *, pre_process: bool, post_process: bool, vision_class,
+                 vision_config, layer_spec, rotary_percent: float = 1.0):
+        from megatron.core.models.gpt import GPTModel
+        from megatron.core.transformer.enums import ModelType
+
+        super().__init__(config=config)
+        self.model_cfg, self.transformer_impl = model, impl
+        self.model_type = ModelType.encoder_or_decoder
+        self.pre_process, self.post_process = pre_process, post_process
+        self.vision_model = None  # first stage only
+        if pre_process:
+            vision_config._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
+            self.vision_model = vision_class._from_config(vision_config, dtype=config.params_dtype)
+        self.language_model = GPTModel(
+            config=config,
+            transformer_layer_spec=layer_spec,
+            vocab_size=model.vocab_size,
+            max_sequence_length=model.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=model.tie_word_embeddings,
+            position_embedding_type="mrope",
+            rotary_percent=rotary_percent,
+            rotary_base=int(model.rope_theta),
+            scatter_embedding_sequence_parallel=False,  # image features are merged first (embed)
+        )
+        self._logit_positions = None  # [B, S] bool while a forward runs: see forward
+        if post_process:
             self.language_model.output_layer.register_forward_pre_hook(self._select_positions)
 
     def _select_positions(self, output_layer, args):

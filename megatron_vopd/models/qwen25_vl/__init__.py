@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megatron_vopd.architecture import Architecture
+from megatron_vopd.models.family import QwenVLFamily
 
 
 @dataclass
@@ -32,8 +32,9 @@ class VisionConfig:
     hidden_act: str = "silu"  # vision MLP activation
 
 
-class Qwen25VL(Architecture):
+class Qwen25VL(QwenVLFamily):
     name = "qwen2.5-vl"
+    package = __name__
     hf_architectures = ("Qwen2_5_VLForConditionalGeneration",)
     tokenizer = "qwen2.5"  # megatron_vopd.data: tokenizer, chat template and image-processor preset
     vision_config = VisionConfig
@@ -64,35 +65,8 @@ class Qwen25VL(Architecture):
                           f"model.vision.spatial_merge_size = {merged_patch}")
         return errors
 
-    def image_processor(self, m, *, min_pixels: int, max_pixels: int):
-        """transformers' Qwen2VLImageProcessor arithmetic with this tower's patch and merge sizes."""
-        from megatron_vopd.data.image_processing import PRESETS, QwenVLImageProcessor
-
-        v = m.vision
-        return QwenVLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=v.patch_size,
-                                    temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size,
-                                    image_mean=PRESETS[self.tokenizer]["image_mean"],
-                                    image_std=PRESETS[self.tokenizer]["image_std"])
-
-    def build_model(self, model, parallel, te_available=None, init_weights=True):
-        from megatron_vopd.models.qwen25_vl.model import build_model
-
-        return build_model(model, parallel, te_available=te_available, init_weights=init_weights)
-
-    def mapping_table(self, model) -> list:
-        from megatron_vopd.models.qwen25_vl.bridge import mapping_table
-
-        return mapping_table(model)
-
-    def hf_config(self, model):
-        from megatron_vopd.models.qwen25_vl.hf_config import hf_config
-
-        return hf_config(model)
-
     def model_config(self, raw: dict, source: str):
-        from megatron_vopd.models.qwen25_vl.hf_config import model_config
-
-        return model_config(raw, source, VisionConfig)
+        return self.part("hf_config").model_config(raw, source, VisionConfig)
 
     def save_processor(self, out_dir, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """The processor files transformers' AutoProcessor and vLLM read, built offline from
@@ -108,17 +82,6 @@ class Qwen25VL(Architecture):
             tokenizer=load_tokenizer(self.tokenizer), video_processor=Qwen2VLVideoProcessor(),
             chat_template=load_chat_template(self.tokenizer))
         processor.save_pretrained(str(out_dir))
-
-    def position_ids(self, model, input_ids, image_grid_thw, attention_mask=None):
-        from megatron_vopd.models.mrope import mrope_position_ids
-
-        return mrope_position_ids(input_ids, image_grid_thw, image_token_id=model.image_token_id,
-                                  spatial_merge_size=model.vision.spatial_merge_size, attention_mask=attention_mask)
-
-    def parameter_counts(self, model) -> dict[str, int]:
-        from megatron_vopd.models.qwen25_vl.sizes import parameter_counts
-
-        return parameter_counts(model)
 
     def hf_model_class(self):
         from transformers import Qwen2_5_VLForConditionalGeneration

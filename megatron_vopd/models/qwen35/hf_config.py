@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from megatron_vopd.bridge.hf_config import HFConfigError, get_key, hf_params_dtype
 from megatron_vopd.config import ModelConfig
+from megatron_vopd.models.qwen3_vision import hf_vision_kwargs, read_vision
 
 HF_ARCHITECTURE = "Qwen3_5ForConditionalGeneration"
 
@@ -12,12 +13,7 @@ def hf_vision_config(cfg: ModelConfig):
     """transformers' config of the vision tower described by ``cfg.vision``."""
     from transformers.models.qwen3_5.configuration_qwen3_5 import Qwen3_5VisionConfig
 
-    v = cfg.vision
-    return Qwen3_5VisionConfig(
-        depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-        in_channels=v.in_channels, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-        spatial_merge_size=v.spatial_merge_size, out_hidden_size=v.out_hidden_size,
-        num_position_embeddings=v.num_position_embeddings, hidden_act=v.hidden_act)
+    return Qwen3_5VisionConfig(**hf_vision_kwargs(cfg.vision))
 
 
 def model_config(raw: dict, src: str, vision_config: type, decoder_config: type) -> ModelConfig:
@@ -44,14 +40,7 @@ def model_config(raw: dict, src: str, vision_config: type, decoder_config: type)
         image_token_id=raw.get("image_token_id", 248056), video_token_id=raw.get("video_token_id", 248057),
         vision_start_token_id=raw.get("vision_start_token_id", 248053),
         vision_end_token_id=raw.get("vision_end_token_id", 248054),
-        vision=vision_config(
-            depth=get_key(vis, "depth", src), hidden_size=get_key(vis, "hidden_size", src),
-            intermediate_size=get_key(vis, "intermediate_size", src), num_heads=get_key(vis, "num_heads", src),
-            in_channels=vis.get("in_channels", 3), patch_size=vis.get("patch_size", 16),
-            temporal_patch_size=vis.get("temporal_patch_size", 2), spatial_merge_size=vis.get("spatial_merge_size", 2),
-            out_hidden_size=vis.get("out_hidden_size", hidden),
-            num_position_embeddings=vis.get("num_position_embeddings", 2304),
-            hidden_act=vis.get("hidden_act", "gelu_pytorch_tanh")),
+        vision=read_vision(vis, src, vision_config, hidden),
         decoder=decoder_config(
             layer_types=list(layer_types), partial_rotary=float(rope.get("partial_rotary_factor", 0.25)),
             linear_conv_kernel_dim=text.get("linear_conv_kernel_dim", 4),

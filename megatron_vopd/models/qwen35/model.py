@@ -27,7 +27,7 @@ from torch import Tensor
 
 from megatron_vopd.config import ModelConfig, ParallelConfig
 from megatron_vopd.models.mrope import InterleavedMRoPE
-from megatron_vopd.models.specs import TP_PARTIAL_GRAD, checked_transformer_impl, common_settings
+from megatron_vopd.models.specs import TP_PARTIAL_GRAD, checked_transformer_impl, common_settings, decoder_settings
 from megatron_vopd.models.stage import VisionLanguageStage, place_stage
 
 
@@ -140,22 +140,11 @@ def te_settings(model: ModelConfig, impl: str) -> dict:
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
     """Megatron TransformerConfig of the Qwen3.5 decoder (SwiGLU, GQA without bias, gated attention,
     GDN head sizes from ``model.decoder``; the TE spec's keys for ``impl="transformer_engine"``)."""
-    import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     q = model.decoder
     return TransformerConfig(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        ffn_hidden_size=model.ffn_hidden_size,
-        num_attention_heads=model.num_attention_heads,
-        num_query_groups=model.num_query_groups,
-        kv_channels=model.head_dim,
-        normalization="RMSNorm",
-        layernorm_epsilon=model.rms_norm_eps,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
+        **decoder_settings(model),
         add_qkv_bias=False,
         qk_layernorm=True,
         attention_output_gate=True,
@@ -180,48 +169,25 @@ class Qwen35Model(VisionLanguageStage):
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, *, pre_process: bool = True,
                  post_process: bool = True, te_available: bool | None = None, init_weights: bool = True):
         from megatron.core import parallel_state as ps
-        from megatron.core.models.gpt import GPTModel
-        from megatron.core.transformer.enums import ModelType
         from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+        from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
+
+        from megatron_vopd.models.qwen35.hf_config import hf_vision_config
 
         impl = checked_transformer_impl(model, te_available)
-        super().__init__(config=transformer_config(model, parallel, impl, init_weights))
-        self.model_cfg, self.transformer_impl = model, impl
-        self.model_type = ModelType.encoder_or_decoder
-        self.pre_process, self.post_process = pre_process, post_process
-        self.vision_model = None  # first stage only
-        if pre_process:
-            from transformers.models.qwen3_5.modeling_qwen3_5 import Qwen3_5VisionModel
-
-            from megatron_vopd.models.qwen35.hf_config import hf_vision_config
-
-            vision_cfg = hf_vision_config(model)
-            vision_cfg._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
-            self.vision_model = Qwen3_5VisionModel._from_config(vision_cfg, dtype=self.config.params_dtype)
+        config = transformer_config(model, parallel, impl, init_weights)
         if impl == "transformer_engine":
-            spec = te_block_spec(self.config, ps.get_pipeline_model_parallel_rank())
+            spec = te_block_spec(config, ps.get_pipeline_model_parallel_rank())
         else:
             per_stage = model.num_layers // parallel.pipeline_model_parallel_size
             first = ps.get_pipeline_model_parallel_rank() * per_stage
             stage_types = list(model.decoder.layer_types[first:first + per_stage])
             spec = TransformerBlockSubmodules(layer_specs=layer_specs(stage_types), layer_norm=ZeroCentredRMSNorm)
-        self.language_model = GPTModel(
-            config=self.config,
-            transformer_layer_spec=spec,
-            vocab_size=model.vocab_size,
-            max_sequence_length=model.max_position_embeddings,
-            pre_process=pre_process,
-            post_process=post_process,
-            parallel_output=True,
-            share_embeddings_and_output_weights=model.tie_word_embeddings,
-            position_embedding_type="mrope",
-            rotary_percent=model.decoder.partial_rotary,
-            rotary_base=int(model.rope_theta),
-            scatter_embedding_sequence_parallel=False,  # image features are merged first (VisionLanguageStage.embed)
-        )
+        super().__init__(model, config, impl, pre_process=pre_process, post_process=post_process,
+                         vision_class=Qwen3_5VisionModel, vision_config=hf_vision_config(model), layer_spec=spec,
+                         rotary_percent=model.decoder.partial_rotary)
         rotary_dim = int(model.head_dim * model.decoder.partial_rotary)
         self.language_model.rotary_pos_emb = InterleavedMRoPE(rotary_dim, model.rope_theta)
-        self.select_response_positions()
 
 
 def build_model(model: ModelConfig, parallel: ParallelConfig, te_available: bool | None = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from megatron_vopd.models.qwen3_vision import vision_parameter_counts
+
 
 def layer_counts(model) -> dict[str, int]:
     """Parameters of one decoder layer of each kind: "linear_attention" (Gated DeltaNet) and "full_attention"."""
@@ -27,20 +29,8 @@ def parameter_counts(model) -> dict[str, int]:
     decoder_layers = sum(per_kind[t] for t in model.decoder.layer_types)
     embedding = model.vocab_size * h
     lm_head = 0 if model.tie_word_embeddings else model.vocab_size * h
-    v = model.vision
-    vh, vi, m2 = v.hidden_size, v.intermediate_size, v.spatial_merge_size**2
-    patch_embed = v.in_channels * v.temporal_patch_size * v.patch_size**2 * vh + vh  # Conv3d with bias
-    pos_embed = v.num_position_embeddings * vh
-    block = (4 * vh  # norm1, norm2 (LayerNorm weight + bias)
-             + 3 * vh * vh + 3 * vh  # qkv
-             + vh * vh + vh  # proj
-             + vh * vi + vi + vi * vh + vh)  # fc1, fc2 with biases
-    merger = 2 * vh + (vh * m2) * (vh * m2) + vh * m2 + (vh * m2) * v.out_hidden_size + v.out_hidden_size
-    vision = patch_embed + pos_embed + v.depth * block + merger
+    vision = vision_parameter_counts(model.vision)
     language_model = embedding + decoder_layers + h + lm_head
-    return {
-        "embedding": embedding, "decoder_layer": max(per_kind.values()), "decoder_layers": decoder_layers,
-        "final_norm": h, "lm_head": lm_head, "language_model": language_model, "vision_patch_embed": patch_embed,
-        "vision_block": block, "vision_blocks": v.depth * block, "vision_merger": merger, "vision": vision,
-        "total": language_model + vision,
-    }
+    return {"embedding": embedding, "decoder_layer": max(per_kind.values()), "decoder_layers": decoder_layers,
+            "final_norm": h, "lm_head": lm_head, "language_model": language_model, **vision,
+            "total": language_model + vision["vision"]}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from megatron_vopd.bridge.hf_config import HFConfigError, get_key, hf_params_dtype
 from megatron_vopd.config import ModelConfig
+from megatron_vopd.models.qwen3_vision import hf_vision_kwargs, read_vision
 
 HF_ARCHITECTURE = "Qwen3VLForConditionalGeneration"
 
@@ -15,13 +16,7 @@ def hf_vision_config(cfg: ModelConfig):
     """transformers' config of the vision tower described by ``cfg.vision``."""
     from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLVisionConfig
 
-    v = cfg.vision
-    return Qwen3VLVisionConfig(
-        depth=v.depth, hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_heads=v.num_heads,
-        in_channels=v.in_channels, patch_size=v.patch_size, temporal_patch_size=v.temporal_patch_size,
-        spatial_merge_size=v.spatial_merge_size, out_hidden_size=v.out_hidden_size,
-        num_position_embeddings=v.num_position_embeddings, hidden_act=v.hidden_act,
-        deepstack_visual_indexes=list(v.deepstack_visual_indexes))
+    return Qwen3VLVisionConfig(**hf_vision_kwargs(cfg.vision))
 
 
 def model_config(raw: dict, src: str, vision_config: type) -> ModelConfig:
@@ -48,15 +43,7 @@ def model_config(raw: dict, src: str, vision_config: type) -> ModelConfig:
         image_token_id=raw.get("image_token_id", 151655), video_token_id=raw.get("video_token_id", 151656),
         vision_start_token_id=raw.get("vision_start_token_id", 151652),
         vision_end_token_id=raw.get("vision_end_token_id", 151653),
-        vision=vision_config(
-            depth=get_key(vis, "depth", src), hidden_size=get_key(vis, "hidden_size", src),
-            intermediate_size=get_key(vis, "intermediate_size", src), num_heads=get_key(vis, "num_heads", src),
-            in_channels=vis.get("in_channels", 3), patch_size=vis.get("patch_size", 16),
-            temporal_patch_size=vis.get("temporal_patch_size", 2), spatial_merge_size=vis.get("spatial_merge_size", 2),
-            out_hidden_size=vis.get("out_hidden_size", hidden),
-            num_position_embeddings=vis.get("num_position_embeddings", 2304),
-            hidden_act=vis.get("hidden_act", "gelu_pytorch_tanh"),
-            deepstack_visual_indexes=list(get_key(vis, "deepstack_visual_indexes", src))),
+        vision=read_vision(vis, src, vision_config, hidden),
         params_dtype=hf_params_dtype(raw if ("dtype" in raw or "torch_dtype" in raw) else text),
     )
 

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from megatron_vopd.config import ModelConfig, ParallelConfig
 from megatron_vopd.models.mrope import InterleavedMRoPE
-from megatron_vopd.models.specs import checked_transformer_impl, common_settings
+from megatron_vopd.models.specs import checked_transformer_impl, common_settings, decoder_settings
 from megatron_vopd.models.stage import VisionLanguageStage, place_stage
 
 
@@ -62,21 +62,10 @@ def layer_spec(impl: str):
 
 def transformer_config(model: ModelConfig, parallel: ParallelConfig, impl: str, init_weights: bool = True):
     """Megatron TransformerConfig of the Qwen3-VL decoder."""
-    import torch.nn.functional as F
     from megatron.core.transformer.transformer_config import TransformerConfig
 
     return TransformerConfig(
-        num_layers=model.num_layers,
-        hidden_size=model.hidden_size,
-        ffn_hidden_size=model.ffn_hidden_size,
-        num_attention_heads=model.num_attention_heads,
-        num_query_groups=model.num_query_groups,
-        kv_channels=model.head_dim,
-        normalization="RMSNorm",
-        layernorm_epsilon=model.rms_norm_eps,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
+        **decoder_settings(model),
         add_qkv_bias=False,
         qk_layernorm=True,
         mrope_section=list(model.mrope_section),
@@ -91,39 +80,15 @@ class Qwen3VLModel(VisionLanguageStage):
 
     def __init__(self, model: ModelConfig, parallel: ParallelConfig, *, pre_process: bool = True,
                  post_process: bool = True, te_available: bool | None = None, init_weights: bool = True):
-        from megatron.core.models.gpt import GPTModel
-        from megatron.core.transformer.enums import ModelType
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
+
+        from megatron_vopd.models.qwen3_vl.hf_config import hf_vision_config
 
         impl = checked_transformer_impl(model, te_available)
-        super().__init__(config=transformer_config(model, parallel, impl, init_weights))
-        self.model_cfg, self.transformer_impl = model, impl
-        self.model_type = ModelType.encoder_or_decoder
-        self.pre_process, self.post_process = pre_process, post_process
-        self.vision_model = None  # first stage only
-        if pre_process:
-            from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
-
-            from megatron_vopd.models.qwen3_vl.hf_config import hf_vision_config
-
-            vision_cfg = hf_vision_config(model)
-            vision_cfg._attn_implementation = "sdpa" if torch.cuda.is_available() else "eager"
-            self.vision_model = Qwen3VLVisionModel._from_config(vision_cfg, dtype=self.config.params_dtype)
-        self.language_model = GPTModel(
-            config=self.config,
-            transformer_layer_spec=layer_spec(impl),
-            vocab_size=model.vocab_size,
-            max_sequence_length=model.max_position_embeddings,
-            pre_process=pre_process,
-            post_process=post_process,
-            parallel_output=True,
-            share_embeddings_and_output_weights=model.tie_word_embeddings,
-            position_embedding_type="mrope",
-            rotary_percent=1.0,
-            rotary_base=int(model.rope_theta),
-            scatter_embedding_sequence_parallel=False,  # image features are merged first (VisionLanguageStage.embed)
-        )
+        super().__init__(model, transformer_config(model, parallel, impl, init_weights), impl,
+                         pre_process=pre_process, post_process=post_process, vision_class=Qwen3VLVisionModel,
+                         vision_config=hf_vision_config(model), layer_spec=layer_spec(impl))
         self.language_model.rotary_pos_emb = InterleavedMRoPE(model.head_dim, model.rope_theta)
-        self.select_response_positions()
 
         # deepstack bookkeeping: this stage holds global layers [first, end); rows [first, n) of the stack
         # reach it, rows [end, n) leave it for the next stage
