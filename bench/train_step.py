@@ -212,7 +212,11 @@ class Naive:
         self.distill, self.opt_cfg, self.step_i = distill, opt_cfg, 0
 
     def logits(self, model, mb):
-        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], pixel_values=mb["pixel_values"],
+        from megatron_vopd.models.stage import expand_images
+
+        # the naive stack encodes every sample's image (the patches repeated per sequence)
+        pixels = expand_images(mb["pixel_values"], mb["vision_grid_thw"], mb["image_source"], 1)
+        out = model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"], pixel_values=pixels,
                     image_grid_thw=mb["image_grid_thw"], mm_token_type_ids=(mb["input_ids"] == self.image_token_id).int(),
                     use_cache=False)
         return out.logits  # [B, S, V]: every position

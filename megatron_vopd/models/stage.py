@@ -94,14 +94,23 @@ class VisionLanguageStage(MegatronModule):
 
         return scatter_to_sequence_parallel_region(hidden)
 
-    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None):
+    def embed(self, input_ids: Tensor, pixel_values: Tensor | None, image_grid_thw: Tensor | None,
+              vision_grid_thw: Tensor | None = None, image_source: Tensor | None = None):
         """(token embeddings ``[S(/TP), B, H]`` with the image-token rows replaced by vision features,
-        the family's extras of ``vision_features``)."""
+        the family's extras of ``vision_features``). With ``image_source`` the patches are those of the
+        unique images (grids ``vision_grid_thw``), encoded once and repeated per sequence."""
         emb = self.language_model.embedding(input_ids=input_ids, position_ids=None)  # [S, B, H], not scattered
         if pixel_values is None:
             return self.to_sequence_parallel(emb), None
         image_mask = input_ids == self.model_cfg.image_token_id  # [B, S]
-        features, extras = self.vision_features(pixel_values, image_grid_thw, emb.dtype)
+        if image_source is None:
+            features, extras = self.vision_features(pixel_values, image_grid_thw, emb.dtype)
+        else:
+            features, extras = self.vision_features(pixel_values, vision_grid_thw, emb.dtype)
+            merge = self.model_cfg.vision.spatial_merge_size
+            features = expand_images(features, vision_grid_thw, image_source, merge)
+            if extras is not None:  # per-image feature lists (deepstack)
+                extras = [expand_images(e, vision_grid_thw, image_source, merge) for e in extras]
         if int(image_mask.sum()) != features.shape[0]:
             raise ValueError(f"{int(image_mask.sum())} image tokens in input_ids but the vision tower "
                              f"produced {features.shape[0]} features for image_grid_thw={image_grid_thw.tolist()}")
@@ -118,15 +127,18 @@ class VisionLanguageStage(MegatronModule):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, attention_mask: Tensor | None = None,
                 pixel_values: Tensor | None = None, image_grid_thw: Tensor | None = None,
-                logit_positions: Tensor | None = None) -> Tensor:
+                logit_positions: Tensor | None = None, vision_grid_thw: Tensor | None = None,
+                image_source: Tensor | None = None) -> Tensor:
         """Logits ``[B, S, V/TP]`` (vocab-parallel) on the last stage; hidden states ``[S, B, H]`` on
         other stages.
 
         ``attention_mask`` is the ``[B, S]`` 0/1 padding mask (None: no padding). ``logit_positions``
         (``[B, S]`` bool) computes the output layer only there and returns ``[N, V/TP]`` logits, rows in
         batch-major order: the distillation loss needs the response positions only, and the output
-        layer is the largest matmul of a small-hidden, 152k-vocabulary model."""
-        decoder_input, extras = self.embed(input_ids, pixel_values, image_grid_thw) if self.pre_process else (None, None)
+        layer is the largest matmul of a small-hidden, 152k-vocabulary model. ``vision_grid_thw`` and
+        ``image_source``: one vision pass per prompt (``train.sequences``)."""
+        decoder_input, extras = (self.embed(input_ids, pixel_values, image_grid_thw, vision_grid_thw, image_source)
+                                 if self.pre_process else (None, None))
         self._logit_positions = logit_positions.bool() if logit_positions is not None and self.post_process else None
         if self._logit_positions is not None and self.config.sequence_parallel:
             self.language_model.output_layer.sequence_parallel = False
@@ -153,3 +165,10 @@ def place_stage(stage: VisionLanguageStage) -> VisionLanguageStage:
         if p.dtype != dtype:
             p.data = p.data.to(dtype)
     return stage.cuda(torch.cuda.current_device()) if torch.cuda.is_available() else stage
+
+
+def expand_images(per_image: Tensor, vision_grid_thw: Tensor, image_source: Tensor, merge: int) -> Tensor:
+    """The rows of the unique images' ``per_image`` (patches: ``merge=1``; merged features: the spatial merge
+    size) repeated for every image of every sequence, in ``image_source`` order."""
+    blocks = per_image.split((vision_grid_thw.prod(-1) // merge**2).tolist())
+    return torch.cat([blocks[i] for i in image_source.tolist()])

@@ -18,7 +18,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "logit_positions")
+MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "pixel_values", "image_grid_thw", "logit_positions",
+                "vision_grid_thw", "image_source")
 
 
 def forward_backward(model, microbatches: Sequence[dict], loss_fn: Callable, *, forward_only: bool = False,

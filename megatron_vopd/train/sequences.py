@@ -12,9 +12,14 @@ same order. Micro-batches are grouped once (by the longer, full-view, lengths) a
 serves the student on the full view, the teacher on the crop and the student's crop anchor.
 
 A micro-batch is a dict of tensors: the model inputs (``input_ids``, ``position_ids``,
-``attention_mask``, ``pixel_values``, ``image_grid_thw``, ``logit_positions``; right padding) and,
-per response token, ``targets`` (the sampled ids), ``rollout_logprobs`` (the engine's log-probs of
+``attention_mask``, ``pixel_values``, ``image_grid_thw``, ``vision_grid_thw``, ``image_source``,
+``logit_positions``; right padding) and, per response token, ``targets`` (the sampled ids), ``rollout_logprobs`` (the engine's log-probs of
 them) and ``token_sample`` (the sample index the token belongs to).
+
+One vision pass per prompt: the n samples of a prompt share its image, so a micro-batch carries each
+prompt view's patches ONCE (``pixel_values``, their grids ``vision_grid_thw``); ``image_grid_thw`` has
+one row per image of every sequence and ``image_source`` says which ``vision_grid_thw`` row it is. The
+model encodes the unique images and hands each sequence its prompt's features (``models.stage.expand_images``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class TrainSequence:
     """One prompt view followed by one response."""
 
     sample: int  # index of the (prompt, response) pair in the step
+    prompt: int  # index of the prompt in the step (its samples share the image)
     prompt_len: int
     input_ids: np.ndarray  # (prompt_len + R,) int64
     pixel_values: np.ndarray  # this view's image patches
@@ -76,8 +82,8 @@ def view_sequences(prompts, resps: Sequence[Response], view: str) -> list[TrainS
     out = []
     for i, r in enumerate(resps):
         v = getattr(prompts[r.prompt], view)
-        out.append(TrainSequence(i, len(v.input_ids), np.concatenate([v.input_ids, r.token_ids]), v.pixel_values,
-                                 v.image_grid_thw, r.logprobs))
+        out.append(TrainSequence(i, r.prompt, len(v.input_ids), np.concatenate([v.input_ids, r.token_ids]),
+                                 v.pixel_values, v.image_grid_thw, r.logprobs))
     return out
 
 
@@ -107,12 +113,20 @@ def collate(seqs: Sequence[TrainSequence], *, pad_id: int, position_ids: Positio
         attention_mask[b, :len(s.input_ids)] = 1
         logit_positions[b, s.prompt_len - 1:len(s.input_ids) - 1] = True
     grid = torch.from_numpy(np.concatenate([s.image_grid_thw for s in seqs]))
+    first = {}  # prompt -> its first sequence here: the one whose images the vision tower sees
+    for s in seqs:
+        first.setdefault(s.prompt, s)
+    rows = {p: i for i, p in enumerate(first)}  # prompt -> its block of vision_grid_thw rows
+    offsets = np.cumsum([0] + [len(s.image_grid_thw) for s in first.values()])
+    source = [offsets[rows[s.prompt]] + k for s in seqs for k in range(len(s.image_grid_thw))]
     return dict(
         input_ids=input_ids,
         attention_mask=attention_mask,
         position_ids=position_ids(input_ids, grid, attention_mask),
-        pixel_values=torch.from_numpy(np.concatenate([s.pixel_values for s in seqs])),
+        pixel_values=torch.from_numpy(np.concatenate([s.pixel_values for s in first.values()])),
         image_grid_thw=grid,
+        vision_grid_thw=torch.from_numpy(np.concatenate([s.image_grid_thw for s in first.values()])),
+        image_source=torch.tensor(source, dtype=torch.long),
         logit_positions=logit_positions,
         targets=torch.from_numpy(np.concatenate([s.response for s in seqs])),
         rollout_logprobs=torch.from_numpy(np.concatenate([s.rollout_logprobs for s in seqs])),
@@ -125,3 +139,4 @@ def micro_batches(views: dict[str, list[TrainSequence]], *, budget: int, group_v
     """Micro-batches of every view in ``views`` (same samples, same order), grouped by ``group_view``."""
     groups = group_by_tokens([len(s.input_ids) for s in views[group_view]], budget)
     return {name: [collate([seqs[i] for i in g], **collate_kwargs) for g in groups] for name, seqs in views.items()}
+
