@@ -53,28 +53,45 @@ def tensors(folder):
     return {name: ck.get(name) for name in ck.names()}
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)], ids=["tp1pp1", "tp2", "pp2", "tp2pp2"])
-def test_roundtrip_is_bit_exact(hf_untied, tmp_path, tp, pp):
-    ckpt = convert("hf-to-megatron", hf_untied, tmp_path / "mg", tp, pp)
-    back = convert("megatron-to-hf", ckpt, tmp_path / "hf", tp, pp)
-    a, b = tensors(hf_untied), tensors(back)
+def assert_roundtrip_is_bit_exact(hf, out, tp: int, pp: int, architecture: str) -> dict:
+    """HF -> Megatron -> HF at TP x PP (``checks.roundtrip``: the two conversions of `vopd convert`, one
+    process start): every tensor equal, same dtype, same names; the original's tensors are returned."""
+    code, r, log = torchrun("megatron_vopd.checks.roundtrip", tp * pp, "--hf", str(hf), "--out", str(out),
+                            "--tp", str(tp), "--pp", str(pp))
+    assert code == 0 and r is not None, log[-4000:]
+    a, b = tensors(hf), tensors(r["hf"])
     assert set(a) == set(b)
     for name in a:
         assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
-    cfg = json.loads((back / "config.json").read_text())
-    assert cfg["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    assert json.loads((out / "hf" / "config.json").read_text())["architectures"] == [architecture]
+    return a
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])
-def test_logits_match_transformers_untied_gqa(hf_untied, ckpt_tp2, tmp_path, tp, pp):
-    code, r = parity(hf_untied, ckpt_tp2, tp, pp, "--save-logits", str(tmp_path / "logits.pt"))
+def test_cli_roundtrip_is_bit_exact(hf_untied, tmp_path):
+    """The same through the `vopd convert` command (both directions)."""
+    back = convert("megatron-to-hf", convert("hf-to-megatron", hf_untied, tmp_path / "mg"), tmp_path / "hf")
+    a, b = tensors(hf_untied), tensors(back)
+    assert set(a) == set(b) and all(torch.equal(a[n], b[n]) and a[n].dtype == b[n].dtype for n in a)
+
+
+# TP2 x PP2 shards every tensor over TP and every layer over stages (TP2 and PP2 alone: the Qwen3-VL tests)
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)], ids=["tp1pp1", "tp2pp2"])
+def test_roundtrip_is_bit_exact(hf_untied, tmp_path, tp, pp):
+    assert_roundtrip_is_bit_exact(hf_untied, tmp_path, tp, pp, "Qwen2_5_VLForConditionalGeneration")
+
+
+def test_logits_match_transformers_untied_gqa_tp2(hf_untied, ckpt_tp2):
+    code, r = parity(hf_untied, ckpt_tp2, 2, 1)
     assert r["logits_max_abs_diff"] <= 1e-4 and r["logits_abs_max"] > 1.0, r
     assert code == 0
 
 
-def test_tp2_checkpoint_gives_identical_logits_at_tp1_and_pp2(hf_untied, ckpt_tp2, tmp_path):
-    _, r1 = parity(hf_untied, ckpt_tp2, 1, 1, "--save-logits", str(tmp_path / "tp1.pt"))
-    _, r2 = parity(hf_untied, ckpt_tp2, 1, 2, "--save-logits", str(tmp_path / "pp2.pt"))
+def test_tp2_checkpoint_gives_transformers_logits_identically_at_tp1_and_pp2(hf_untied, ckpt_tp2, tmp_path):
+    """The checkpoint written at TP2 loads at TP1 and at PP2; both give transformers' logits, bit-identically."""
+    results = [parity(hf_untied, ckpt_tp2, tp, pp, "--save-logits", str(tmp_path / f"{name}.pt"))
+               for name, tp, pp in (("tp1", 1, 1), ("pp2", 1, 2))]
+    for code, r in results:
+        assert code == 0 and r["logits_max_abs_diff"] <= 1e-4 and r["logits_abs_max"] > 1.0, r
     assert torch.equal(torch.load(tmp_path / "tp1.pt"), torch.load(tmp_path / "pp2.pt"))
 
 

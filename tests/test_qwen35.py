@@ -2,15 +2,13 @@
 round trips at every layout, logits equal to transformers', the same loss and gradient norm at every
 layout, padding-independent logits, and clear errors on bad checkpoints and layouts."""
 
-import json
 
 import pytest
-import torch
 
 from megatron_vopd.bridge.hf_io import ShardedSafetensorsWriter
 from tests.hf_models import save_tiny_qwen35
 from tests.mp import WORKERS, torchrun
-from tests.test_convert import convert, parity, tensors, vopd
+from tests.test_convert import assert_roundtrip_is_bit_exact, convert, parity, tensors, vopd
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +23,12 @@ def ckpt(hf, tmp_path_factory):
     return convert("hf-to-megatron", hf, tmp_path_factory.mktemp("mg35") / "tp1")
 
 
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2), (2, 2)], ids=["tp1pp1", "tp2", "pp2", "tp2pp2"])
+# TP2 x PP2 shards every GDN tensor over TP and the layer kinds over stages (TP2 and PP2 alone: measured in
+# issue 14's note; the shared sharding code runs at TP2 and PP2 alone in the Qwen3-VL tests)
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)], ids=["tp1pp1", "tp2pp2"])
 def test_roundtrip_is_bit_exact(hf, tmp_path, tp, pp):
-    back = convert("megatron-to-hf", convert("hf-to-megatron", hf, tmp_path / "mg", tp, pp), tmp_path / "hf", tp, pp)
-    a, b = tensors(hf), tensors(back)
-    assert set(a) == set(b) and any(".linear_attn.in_proj_qkv." in n for n in a)
-    for name in a:
-        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
-    assert json.loads((back / "config.json").read_text())["architectures"] == ["Qwen3_5ForConditionalGeneration"]
+    a = assert_roundtrip_is_bit_exact(hf, tmp_path, tp, pp, "Qwen3_5ForConditionalGeneration")
+    assert any(".linear_attn.in_proj_qkv." in n for n in a)
 
 
 @pytest.mark.parametrize("tp,pp", [(1, 1), (2, 1), (1, 2)], ids=["tp1", "tp2", "pp2"])

