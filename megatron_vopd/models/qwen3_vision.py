@@ -53,9 +53,7 @@ def read_vision(vis: dict, src: str, vision_config: type, hidden_size: int):
     """The section of a config.json ``vision_config`` (published defaults for the optional keys)."""
     known = {"in_channels": 3, "patch_size": 16, "temporal_patch_size": 2, "spatial_merge_size": 2,
              "out_hidden_size": hidden_size, "num_position_embeddings": 2304, "hidden_act": "gelu_pytorch_tanh"}
-    fields = vision_config.__dataclass_fields__
-    values = {k: vis.get(k, default) if k in known else get_key(vis, k, src)
-              for k, default in [(name, known.get(name)) for name in fields]}
+    values = {k: vis.get(k, known[k]) if k in known else get_key(vis, k, src) for k in vision_config.__dataclass_fields__}
     return vision_config(**{k: list(x) if isinstance(x, (list, tuple)) else x for k, x in values.items()})
 
 
