@@ -1,36 +1,39 @@
-"""Benchmark: rollout tokens/s of our vLLM engine / transformers' generate, same prompts, same sampling.
+"""Benchmark: rollout tokens/s of 2 engines (2 processes) over 1 engine, through the trainer's rollout path.
 
-The tiny Qwen2.5-VL (random weights), image+text prompts, ``--prompts`` x ``--n`` samples of exactly
-up to ``--max-tokens`` tokens each, temperature 1.0, top_p 1.0; tokens/s counts the tokens each
-actually generated (random weights make an early EOS very rare; transformers is held to the full
-length with ``min_new_tokens``). vLLM: one ``generate`` call on the engine (continuous batching);
-transformers: ``generate`` with ``num_return_sequences=n`` per prompt (its usual use). Engine
-start-up is excluded from both. Goal >= 3.
+The tiny Qwen2.5-VL (random weights, the same on every rank), image+text prompts, ``--prompts`` x ``--n``
+samples of up to ``--max-tokens`` tokens, temperature 1.0, each request seeded as the trainer seeds it
+(``rollout.layout.request_seed``). Each run is a torchrun world whose ranks host one engine each; the
+prompts are split over the engines and the samples all-gathered (``rollout.layout.generate_split``, what
+``Trainer.rollout`` calls). On the CPU the engines split the machine's cores. Engine start-up is excluded.
+Prints ENGINES_RATIO (2 engines / 1; goal >= 1.5 on 2 cores) and, from the 1-engine run,
+ROLLOUT_RATIO: our engine over transformers' ``generate`` (``num_return_sequences=n``, held to the full
+length with ``min_new_tokens``) on the same prompts (goal >= 3).
+
+    python bench/rollout.py [--prompts 16 --n 4 --max-tokens 32]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--prompts", type=int, default=8)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--max-tokens", type=int, default=32)
-    args = ap.parse_args()
+def worker(args) -> None:
+    import torch.distributed as dist
 
     from megatron_vopd.architecture import architecture
     from megatron_vopd.config import ParallelConfig, RolloutConfig, load_model_config
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.rollout.engine import SamplingSpec
     from megatron_vopd.rollout.factory import start_engine
+    from megatron_vopd.rollout.layout import generate_split, request_seed
     from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.runtime import init_distributed
 
@@ -39,38 +42,72 @@ def main() -> None:
     init_distributed(1, 1)
     arch = architecture(cfg.arch)
     model = arch.build_model(cfg, ParallelConfig())
-    folder = Path(tempfile.mkdtemp(prefix="vopd-bench-rollout-")) / "model"
-    engine = start_engine(model, cfg, RolloutConfig(dtype="float32", max_model_len=1024, cpu_kvcache_space_gib=1), folder)
+    folder = Path(args.workdir) / f"engines{dist.get_world_size()}"
+    engine, layout = start_engine(model, cfg, RolloutConfig(dtype="float32", max_model_len=1024,
+                                                            cpu_kvcache_space_gib=1), folder)
     base = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
     prompts = [base[i % len(base)] for i in range(args.prompts)]
-    total = args.prompts * args.n * args.max_tokens
-
-    spec = SamplingSpec(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens, seed=0)
-    engine.generate([p[0] for p in prompts[:1]], SamplingSpec(max_tokens=2), weight_version=0)  # warm-up
+    requests = [replace(p[0], seed=request_seed(0, 0, i, args.n)) for i, p in enumerate(prompts)]
+    spec = SamplingSpec(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
+    generate_split(engine, layout, requests[:layout.n_engines], SamplingSpec(max_tokens=2), weight_version=0)  # warm-up
+    dist.barrier()
     t0 = time.perf_counter()
-    out = engine.generate([p[0] for p in prompts], spec, weight_version=0)
-    vllm_s = time.perf_counter() - t0
+    out = generate_split(engine, layout, requests, spec, weight_version=0)
+    seconds = time.perf_counter() - t0
     engine.shutdown()
-    vllm_tokens = sum(len(s.token_ids) for per in out for s in per)
+    result = {"engines": layout.n_engines, "tokens": sum(len(s.token_ids) for per in out for s in per),
+              "seconds": seconds}
+    if args.vs_transformers and dist.get_rank() == 0:
+        hf = arch.hf_model_class().from_pretrained(folder, dtype=torch.float32).eval()
+        kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.n,
+                      max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, pad_token_id=151643)
+        hf_tokens, t0 = 0, time.perf_counter()
+        with torch.no_grad():
+            for _req, pv, grid, expanded in prompts:
+                ids = torch.tensor([expanded])
+                gen = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv,
+                                  image_grid_thw=grid, mm_token_type_ids=(ids == cfg.image_token_id).int(), **kwargs)
+                hf_tokens += gen[:, ids.shape[1]:].numel()
+        result.update(hf_tokens=hf_tokens, hf_s=time.perf_counter() - t0)
+    if dist.get_rank() == 0:
+        print("RESULT " + json.dumps(result), flush=True)
+    dist.barrier()
 
-    hf = arch.hf_model_class().from_pretrained(folder, dtype=torch.float32).eval()
-    kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.n,
-                  max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, pad_token_id=151643)
-    hf_tokens, t0 = 0, time.perf_counter()
-    with torch.no_grad():
-        for _req, pv, grid, expanded in prompts:
-            ids = torch.tensor([expanded])
-            gen = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pv, image_grid_thw=grid,
-                              mm_token_type_ids=(ids == cfg.image_token_id).int(), **kwargs)
-            hf_tokens += gen[:, ids.shape[1]:].numel()
-    hf_s = time.perf_counter() - t0
-    ratio = (vllm_tokens / vllm_s) / (hf_tokens / hf_s)
-    print(f"\n{'engine':<14}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
-    print(f"{'vLLM (ours)':<14}{vllm_tokens:>8}{vllm_s:>9.2f}{vllm_tokens / vllm_s:>10.1f}")
-    print(f"{'transformers':<14}{hf_tokens:>8}{hf_s:>9.2f}{hf_tokens / hf_s:>10.1f}")
-    print(f"ROLLOUT_RATIO {ratio:.2f}")
-    print("RESULT " + json.dumps({"requested_tokens": total, "vllm_tokens": vllm_tokens, "vllm_s": vllm_s,
-                                  "hf_tokens": hf_tokens, "hf_s": hf_s, "ratio": ratio}))
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--vs-transformers", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+
+    from megatron_vopd.runtime.torchrun import torchrun
+
+    work = tempfile.mkdtemp(prefix="vopd-bench-rollout-")
+    common = ["--worker", "--workdir", work, "--prompts", str(args.prompts), "--n", str(args.n),
+              "--max-tokens", str(args.max_tokens)]
+    runs = {}
+    for nproc in (1, 2):
+        code, result, out = torchrun(str(Path(__file__).resolve()), nproc, *common,
+                                     *(["--vs-transformers"] if nproc == 1 else []), timeout=1800)
+        if code != 0 or result is None:
+            sys.exit(f"the {nproc}-engine run failed:\n{out[-4000:]}")
+        runs[nproc] = result
+        print(f"[bench] {nproc} engine(s): {result['tokens']} tokens in {result['seconds']:.2f}s", flush=True)
+    tps = {k: r["tokens"] / r["seconds"] for k, r in runs.items()}
+    hf_tps = runs[1]["hf_tokens"] / runs[1]["hf_s"]
+    print(f"\n{'rollout':<26}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
+    for k in (1, 2):
+        print(f"{f'vLLM, {k} engine(s)':<26}{runs[k]['tokens']:>8}{runs[k]['seconds']:>9.2f}{tps[k]:>10.1f}")
+    print(f"{'transformers generate':<26}{runs[1]['hf_tokens']:>8}{runs[1]['hf_s']:>9.2f}{hf_tps:>10.1f}")
+    print(f"ENGINES_RATIO {tps[2] / tps[1]:.2f}")
+    print(f"ROLLOUT_RATIO {tps[1] / hf_tps:.2f}")
+    print("RESULT " + json.dumps({"runs": runs, "engines_ratio": tps[2] / tps[1], "rollout_ratio": tps[1] / hf_tps}))
 
 
 if __name__ == "__main__":

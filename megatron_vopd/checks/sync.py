@@ -1,14 +1,16 @@
 """Rollout check: after a weight sync from Megatron at any TP/PP, vLLM samples with the Megatron
 model's probabilities; stale weights are refused; a sync changes the output.
 
-A torchrun worker (the engine lives with global rank 0):
+A torchrun worker; every rank hosts an engine (engine TP 1), the probe prompts are split over the
+engines (``rollout.layout``), so with ``--tp 1`` on 2 processes (DP2) two engines sample and are synced:
 
     torchrun --nproc-per-node 2 -m megatron_vopd.checks.sync --tp 2 --workdir /tmp/x [--greedy-vs-transformers]
         [--model tiny-qwen3.5 --dtype bfloat16]
 
 ``--dtype`` is the dtype of the Megatron parameters, of the synced weights and of vLLM's engine (and of
 transformers for the greedy comparison). Prints ``RESULT {...}`` on rank 0 with the max and mean
-|logprob difference| over all sampled tokens.
+|logprob difference| over all sampled tokens, the weight version every engine reports and the stale-weights
+error each engine raised.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.rollout.engine import SamplingSpec, StaleWeightsError
     from megatron_vopd.rollout.factory import start_engine
+    from megatron_vopd.rollout.layout import generate_split
     from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.rollout.weight_sync import sync_weights
     from megatron_vopd.runtime import init_distributed
@@ -78,22 +81,22 @@ def main(argv=None) -> int:
     rank0 = info.rank == 0
     # The engine starts from the policy's current weights on disk (vLLM's dummy start leaves its
     # vision tower wrong even after a reload), then follows the policy by syncs.
-    engine = start_engine(model, cfg, RolloutConfig(dtype=args.dtype, max_model_len=1024, cpu_kvcache_space_gib=1),
-                          work / "engine")
+    engine, layout = start_engine(model, cfg, RolloutConfig(dtype=args.dtype, max_model_len=1024,
+                                                            cpu_kvcache_space_gib=1), work / "engine")
+    split = lambda reqs, spec, v: generate_split(engine, layout, reqs, spec, weight_version=v)  # noqa: E731
     sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype=args.dtype)  # noqa: E731
     perturb(model, seed=5)
     stats = sync(1)
     prompts = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
     requests = [p[0] for p in prompts]
-    result = {"tp": args.tp, "pp": args.pp, "sync": stats}
+    for i, r in enumerate(requests):
+        r.seed = 3 + 2 * i
+    result = {"tp": args.tp, "pp": args.pp, "sync": stats, "engines": layout.n_engines}
 
-    samples = [engine.generate(requests, SamplingSpec(n=2, temperature=1.0, max_tokens=8, seed=3), weight_version=1)
-               if rank0 else None]
-    greedy = [engine.generate(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), weight_version=1)
-              if rank0 else None]
-    dist.broadcast_object_list(samples, src=0)
+    samples = split(requests, SamplingSpec(n=2, temperature=1.0, max_tokens=8), 1)
+    greedy = split(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), 1)
     diffs = []
-    for (req, pv, grid, expanded), per_prompt in zip(prompts, samples[0]):
+    for (req, pv, grid, expanded), per_prompt in zip(prompts, samples):
         for s in per_prompt:
             ours = megatron_logprobs(model, cfg, expanded, s.token_ids, pv, grid)
             diffs += [abs(a - b) for a, b in zip(ours, s.logprobs)]
@@ -103,17 +106,22 @@ def main(argv=None) -> int:
 
     # Change the weights; without a sync the engine refuses; after one its output changes.
     perturb(model, seed=11)
-    if rank0:
-        try:
-            engine.generate(requests, SamplingSpec(max_tokens=4), weight_version=2)
-            result["stale_error"] = None
-        except StaleWeightsError as e:
-            result["stale_error"] = str(e)
+    try:
+        engine.generate(requests, SamplingSpec(max_tokens=4), weight_version=2)
+        stale = None
+    except StaleWeightsError as e:
+        stale = str(e)
+    stale_errors = [None] * dist.get_world_size()
+    dist.all_gather_object(stale_errors, stale)
+    result["stale_errors"] = [stale_errors[layout.group(e)[0]] for e in range(layout.n_engines)]
+    result["stale_error"] = stale_errors[0]
     sync(2)
-    if rank0:
-        after = engine.generate(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), weight_version=2)
-        result["greedy_before"] = [r[0].token_ids for r in greedy[0]]
-        result["greedy_after"] = [r[0].token_ids for r in after]
+    versions = [None] * dist.get_world_size()
+    dist.all_gather_object(versions, engine.weight_version)
+    result["engine_versions"] = [versions[layout.group(e)[0]] for e in range(layout.n_engines)]
+    after = split(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), 2)
+    result["greedy_before"] = [r[0].token_ids for r in greedy]
+    result["greedy_after"] = [r[0].token_ids for r in after]
 
     if args.greedy_vs_transformers:
         save_hf_weights(model, MappingTable.for_config(cfg), cfg, work / "exported")
@@ -122,8 +130,8 @@ def main(argv=None) -> int:
                                                  dtype=getattr(torch, args.dtype))
             result["greedy_transformers"] = theirs
             result["greedy_vs_transformers"] = compare_greedy(result["greedy_after"], theirs, logits)
+    engine.shutdown()
     if rank0:
-        engine.shutdown()
         print("RESULT " + json.dumps(result), flush=True)
     dist.barrier()
     return 0

@@ -150,8 +150,8 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
             if engine is None:  # the engine starts from the first checkpoint's weights on disk
                 engine_dir = out / "engine"
                 shutil.rmtree(engine_dir, ignore_errors=True)
-                engine = start_engine(model, model_cfg, cfg.rollout, engine_dir, min_pixels=cfg.data.min_pixels,
-                                      max_pixels=cfg.data.max_pixels, dtype=dtype)
+                engine, _ = start_engine(model, model_cfg, cfg.rollout, engine_dir, min_pixels=cfg.data.min_pixels,
+                                         max_pixels=cfg.data.max_pixels, dtype=dtype)
             else:
                 stats = sync_weights(engine, model, model_cfg, version=version,
                                      bucket_bytes=cfg.rollout.weight_sync_bucket_bytes, dtype=dtype, table=table)

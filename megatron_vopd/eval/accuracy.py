@@ -109,8 +109,11 @@ class EvalResult:
 
 
 def evaluate(engine: RolloutEngine, items: Sequence[EvalItem], *, weight_version: int, max_tokens: int, tokenizer,
-             batch_size: int = 64, log: Callable[[str], None] | None = print) -> EvalResult:
-    """Greedy answers for both views of every item, in batches of ``batch_size`` items (2 requests each)."""
+             batch_size: int = 64, log: Callable[[str], None] | None = print, generate: Callable | None = None) -> EvalResult:
+    """Greedy answers for both views of every item, in batches of ``batch_size`` items (2 requests each).
+    ``generate(requests, spec, weight_version=)`` defaults to ``engine.generate``; the trainer passes
+    ``rollout.layout.generate_split`` over its engines (every rank calls, every rank gets the result)."""
+    generate = generate or engine.generate
     if not items:
         raise ValueError("nothing to evaluate: no items")
     spec = SamplingSpec(n=1, temperature=0.0, max_tokens=max_tokens)
@@ -120,8 +123,7 @@ def evaluate(engine: RolloutEngine, items: Sequence[EvalItem], *, weight_version
     predictions = []
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        out = engine.generate([it.full for it in batch] + [it.crop for it in batch], spec,
-                              weight_version=weight_version)
+        out = generate([it.full for it in batch] + [it.crop for it in batch], spec, weight_version=weight_version)
         for i, it in enumerate(batch):
             pred = {"id": it.id, "answer": it.answer}
             for view, samples in zip(VIEWS, (out[i], out[len(batch) + i])):

@@ -6,6 +6,8 @@ Lifecycle::
     engine.start()                    # load the model (from its folder, or dummy weights)
     engine.update_weights(buckets, version=1)   # buckets of (hf_name, tensor); weight_version := 1
     samples = engine.generate(requests, sampling, weight_version=1)
+    engine.sleep()                    # rollout.sleep: free device memory while training
+    engine.wake_up(["weights"]); engine.update_weights(...); engine.wake_up(["kv_cache"])
     ...                               # after every optimiser step: update_weights(..., version=k+1)
     engine.shutdown()
 
@@ -33,6 +35,7 @@ class StaleWeightsError(RuntimeError):
 class RolloutRequest:
     prompt_token_ids: list[int]          # chat-templated prompt, one image pad per image
     images: list = field(default_factory=list)  # PIL images, in prompt order
+    seed: int | None = None              # this request's sampling seed (None: SamplingSpec.seed)
 
 
 @dataclass
@@ -70,6 +73,12 @@ class RolloutEngine(ABC):
 
     @abstractmethod
     def shutdown(self) -> None: ...
+
+    def sleep(self) -> None:
+        """Free the engine's device memory while training runs (``rollout.sleep``); a no-op by default."""
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        """Take back what ``sleep`` freed (``tags``: "weights" before a sync, "kv_cache" before generating)."""
 
     def check_version(self, expected: int) -> None:
         if expected != self.weight_version:

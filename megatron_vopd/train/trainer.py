@@ -5,19 +5,25 @@
 One step::
 
     prompts  = next(loader)                                  # both views of prompts_per_step prompts
-    resps    = objective.responses(prompts, rollout)         # vision_opd: engine samples (rank 0, broadcast)
-    mbs      = micro_batches(full | crop sequences)          # this data-parallel rank's share
+    resps    = objective.responses(prompts, rollout)         # vision_opd: every engine samples its block
+    mbs      = micro_batches(full | crop sequences)          # this data-parallel rank's prompts
     metrics  = objective.gradient(student, teacher, mbs)     # vision_opd: teacher fwd, student fwd/bwd, anchor
     fp32 grads summed over data parallelism (Megatron DDP), clipped; AdamW step on the fp32 masters at
     lr_at(step), rounded into the model (Megatron's optimizer, train/optim.py); EMA teacher update (fp32)
-    sync_weights(engine, model)                              # when the objective samples: the engine follows
+    sync_weights(engine, model)                              # when the objective samples: every engine follows
     log; every checkpoint.save_interval steps (and at the end): checkpoint
 
 The objective (``train/objectives.py``) is ``vision_opd`` or the demo's labelled warm-up ``crop_sft`` (no
-rollouts, no teacher). The model family comes from ``model.arch`` (``megatron_vopd.architecture``). With
-``data.eval_file`` an objective that samples evaluates full-image vs crop accuracy through its own
-engine before the first step, every ``eval_interval`` steps and after the last (``eval.json`` /
-``eval.png`` beside the checkpoints).
+rollouts, no teacher). The model family comes from ``model.arch`` (``megatron_vopd.architecture``).
+
+Engines (``rollout/layout.py``): one vLLM engine per rollout group of ``rollout.tensor_parallel_size``
+ranks, so every GPU holds one; the step's prompts are split over them in blocks, each request seeded by
+the step and its prompt (the samples do not depend on the layout), and the samples are all-gathered.
+Each rank's engine is synced from its own model-parallel group's export after every step; with
+``rollout.sleep`` the engines sleep while training runs. With ``data.eval_file`` an objective that
+samples evaluates full-image vs crop accuracy through the engines (questions split over them) before the
+first step, every ``eval_interval`` steps and after the last (``eval.json`` / ``eval.png`` beside the
+checkpoints).
 """
 
 from __future__ import annotations
@@ -39,13 +45,14 @@ from megatron_vopd.eval.accuracy import eval_items, evaluate
 from megatron_vopd.eval.plot import plot_accuracy
 from megatron_vopd.rollout.engine import RolloutRequest, SamplingSpec
 from megatron_vopd.rollout.factory import start_engine
+from megatron_vopd.rollout.layout import generate_split, request_seed
 from megatron_vopd.rollout.weight_sync import sync_weights
 from megatron_vopd.runtime import init_distributed, log_rank0
 from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from megatron_vopd.train.metrics import MetricsLogger
 from megatron_vopd.train.objectives import build_objective
 from megatron_vopd.train.optim import build_optimizer
-from megatron_vopd.train.sequences import micro_batches, view_sequences
+from megatron_vopd.train.sequences import micro_batches, share_of_prompts, view_sequences
 
 _log = log_rank0
 
@@ -84,7 +91,7 @@ class Trainer:
             state = load_checkpoint(latest, optimizer=self.optimizer, teacher=self.teacher)
             self.step = self.start_step = int(state["step"])
             self.loader.load_state_dict(state["data"])
-        self.engine = None
+        self.engine = self.layout = None
         self.eval_rows: list[dict] = json.loads(self._eval_path().read_text()) if latest and self._eval_path().exists() else []
 
     # ------------------------------------------------------------------ rollout engine
@@ -96,9 +103,10 @@ class Trainer:
         """Export the policy as it is now and start the engine from it (rank 0); version 0 = now."""
         t0 = time.perf_counter()
         d = self.cfg.data
-        self.engine = start_engine(self.model, self.cfg.model, self.cfg.rollout, Path(self.cfg.checkpoint.dir) / "engine",
-                                   min_pixels=d.min_pixels, max_pixels=d.max_pixels)
-        _log(f"[train] rollout engine started from the step-{self.step} weights ({time.perf_counter() - t0:.0f}s)")
+        self.engine, self.layout = start_engine(self.model, self.cfg.model, self.cfg.rollout,
+                                                Path(self.cfg.checkpoint.dir) / "engine",
+                                                min_pixels=d.min_pixels, max_pixels=d.max_pixels)
+        _log(f"[train] rollout engines started from the step-{self.step} weights ({time.perf_counter() - t0:.0f}s)")
 
     @property
     def version(self) -> int:
@@ -106,16 +114,12 @@ class Trainer:
         return self.step - self.start_step
 
     def rollout(self, prompts) -> list:
-        """The engine's samples of the full-image prompts (sampled on rank 0, broadcast to every rank)."""
+        """The engines' samples of the full-image prompts (each engine its block; every rank gets all)."""
         r = self.cfg.rollout
-        samples = [None]
-        if self.rank0:
-            requests = [RolloutRequest([int(t) for t in p.prompt_ids], [p.full_image]) for p in prompts]
-            spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens,
-                                seed=r.seed + self.step)
-            samples = [self.engine.generate(requests, spec, weight_version=self.version)]
-        dist.broadcast_object_list(samples, src=0)
-        return samples[0]
+        requests = [RolloutRequest([int(t) for t in p.prompt_ids], [p.full_image],
+                                   seed=request_seed(r.seed, self.step, i, r.n_samples)) for i, p in enumerate(prompts)]
+        spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_tokens=r.max_tokens)
+        return generate_split(self.engine, self.layout, requests, spec, weight_version=self.version)
 
     # ------------------------------------------------------------------ one step
 
@@ -124,10 +128,8 @@ class Trainer:
         m = self.cfg.model
         views = {v: view_sequences(prompts, resps, v) for v in ("full", "crop")}
         total_tokens = sum(len(r.token_ids) for r in resps)
-        if len(resps) < self.info.dp_size:
-            raise RuntimeError(f"step {self.step + 1}: {len(resps)} non-empty responses for {self.info.dp_size} "
-                               "data-parallel replicas: raise data.prompts_per_step or rollout.n_samples")
-        mine = {v: seqs[self.info.dp_rank::self.info.dp_size] for v, seqs in views.items()}
+        share = share_of_prompts(resps, self.info.dp_rank, self.info.dp_size)
+        mine = {v: [seqs[i] for i in share] for v, seqs in views.items()}
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         position_ids = lambda ids, grid, mask: self.arch.position_ids(m, ids, grid, mask)  # noqa: E731
         return micro_batches(mine, budget=self.cfg.optimizer.micro_batch_tokens, pad_id=pad,
@@ -138,6 +140,8 @@ class Trainer:
         self.optimizer.zero_grad()
         resps, metrics = self.objective.responses(batch.prompts, self.rollout)
         times = {"rollout": metrics.pop("time/rollout")} if "time/rollout" in metrics else {}
+        if self.engine is not None:
+            self.engine.sleep()  # rollout.sleep: the engine's GPU memory is free while training runs
         mbs, total_tokens = self.micro_batches(batch.prompts, resps)
         if times:
             t = time.perf_counter()
@@ -151,10 +155,12 @@ class Trainer:
         metrics.update(self.optimizer_step())
         times["optimizer"] = time.perf_counter() - t
         self.step += 1
-        if self.objective.needs_engine:  # the engine follows the policy (collective; rank 0 holds it)
+        if self.objective.needs_engine:  # every engine follows the policy (collective: each rank feeds its engine)
             t = time.perf_counter()
+            self.engine.wake_up(["weights"])
             sync_weights(self.engine, self.model, self.cfg.model, version=self.version,
                          bucket_bytes=self.cfg.rollout.weight_sync_bucket_bytes, dtype=self.cfg.rollout.dtype)
+            self.engine.wake_up(["kv_cache"])
             times["sync"] = time.perf_counter() - t
         metrics.update({f"time/{k}": v for k, v in times.items()})
         metrics["time/step"] = sum(times.values())
@@ -173,14 +179,18 @@ class Trainer:
 
     def evaluate(self) -> None:
         d = self.cfg.data
-        if not d.eval_file or not self.rank0:
+        if not d.eval_file:
             return
         records, meta = load_records(d.eval_file)
         items = eval_items(records, tokenizer=self.tokenizer, family=d.tokenizer,
                            image_root=d.image_root or meta.get("image_root") or Path(d.eval_file).parent,
                            crop_margin=d.crop_margin, min_crop_size=d.min_crop_size)
+        split = lambda reqs, spec, weight_version: generate_split(self.engine, self.layout, reqs, spec,  # noqa: E731
+                                                                  weight_version=weight_version)
         result = evaluate(self.engine, items, weight_version=self.version, max_tokens=self.cfg.rollout.max_tokens,
-                          tokenizer=self.tokenizer, log=lambda *_: None)
+                          tokenizer=self.tokenizer, log=lambda *_: None, generate=split)
+        if not self.rank0:
+            return
         row = {"step": self.step, **result.to_dict()}
         self.eval_rows = [r for r in self.eval_rows if r["step"] != self.step] + [row]
         _log(f"[eval] step {self.step}: full-image acc {row['full_acc']:.3f}  crop acc {row['crop_acc']:.3f}  "
