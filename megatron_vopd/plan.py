@@ -65,6 +65,15 @@ sequences at once (``rollout_sequences``; ``kv_tokens`` = those tokens, or ``kv_
 kv_per_token`` without state). Training must fit in the remaining ``(1 - gpu_memory_utilization) *
 gpu_gib``; the rollout must hold at least one full sequence (``rollout.max_model_len`` tokens).
 ``fits`` is both.
+
+Engines (``rollout/layout.py``): ``world / rollout.tensor_parallel_size`` of them, one per group of
+consecutive GPUs of a node, so every GPU holds its engine's share. Phases: while generating a GPU holds
+the training state that persists (weights, gradients, masters, optimizer, teachers: ``persistent``)
+plus the vLLM budget (``phase_generation``); while training it holds the training total plus the vLLM
+budget, or nothing of vLLM with ``rollout.sleep`` 1/2 (``phase_training``; vLLM's sleep frees its
+weights and KV cache, and training may then use the whole GPU). ``fits``: both phases within the GPU
+and the rollout holds a sequence (without sleep this is the training total within ``(1 -
+gpu_memory_utilization) * gpu_gib``). CUDA contexts and allocator caches are outside the plan.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ from typing import Any
 
 from megatron_vopd.architecture import architecture
 from megatron_vopd.config import ConfigError, ModelConfig, VopdConfig
+from megatron_vopd.rollout.layout import EngineLayout
 
 GIB = 1024**3
 
@@ -98,6 +108,7 @@ def parameter_counts(model: ModelConfig) -> dict[str, int]:
 
 # --------------------------------------------------------------------------- one layout
 
+PERSISTENT_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32")  # kept while generating
 TRAINING_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32", "activations", "logits",
                   "teacher_logits")
 
@@ -212,9 +223,12 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
     stages = ["only"] if pp == 1 else ["first", "last"]
     worst = max((stage_plan(s) for s in stages), key=lambda p: p["training_total"])
 
+    engines = EngineLayout(world, gpus_per_node, r.tensor_parallel_size)
     gpu_bytes = int(gpu_gib * GIB)
     rollout_bytes = int(r.gpu_memory_utilization * gpu_bytes)
-    training_budget = gpu_bytes - rollout_bytes
+    asleep = r.sleep > 0  # vLLM frees its GPU memory while training runs
+    training_budget = gpu_bytes - (0 if asleep else rollout_bytes)
+    persistent = sum(worst[k] for k in PERSISTENT_PARTS)
     total = parameter_counts(m)["total"]
     rollout_weights = _ceil_div(BYTES_WEIGHT * total, r.tensor_parallel_size)
     kv_budget = rollout_bytes - rollout_weights
@@ -223,7 +237,9 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
     state_per_sequence = _ceil_div(state_sequence_bytes, r.tensor_parallel_size)
     sequences = max(kv_budget, 0) // (r.max_model_len * kv_per_token + state_per_sequence)
     kv_tokens = sequences * r.max_model_len if state_per_sequence else max(kv_budget, 0) // kv_per_token
-    training_fits = worst["training_total"] <= training_budget
+    phase_generation = persistent + rollout_bytes
+    phase_training = worst["training_total"] + (0 if asleep else rollout_bytes)
+    training_fits = worst["training_total"] <= training_budget and phase_generation <= gpu_bytes
     rollout_fits = sequences >= 1
     return {
         "nodes": nodes, "gpus_per_node": gpus_per_node, "world_size": world, "tp": tp, "pp": pp, "dp": dp,
@@ -233,13 +249,19 @@ def memory_plan(cfg: VopdConfig, *, nodes: int, gpus_per_node: int, tp: int, pp:
         "training_budget": training_budget,
         "rollout_budget": rollout_bytes,
         "rollout_tp": r.tensor_parallel_size,
+        "engines": engines.n_engines,
+        "engines_per_node": gpus_per_node // r.tensor_parallel_size,
+        "rollout_sleep": r.sleep,
+        "persistent": persistent,
+        "phase_generation": phase_generation,
+        "phase_training": phase_training,
         "rollout_weights": rollout_weights,
         "kv_cache": max(kv_budget, 0),
         "kv_bytes_per_token": kv_per_token,
         "kv_tokens": kv_tokens,
         "state_bytes_per_sequence": state_per_sequence,
         "rollout_sequences": sequences,
-        "total": worst["training_total"] + rollout_bytes,
+        "total": max(phase_generation, phase_training),
         "training_fits": training_fits,
         "rollout_fits": rollout_fits,
         "fits": training_fits and rollout_fits,
@@ -305,6 +327,12 @@ def format_plan(plan: dict[str, Any], name: str = "") -> str:
                           + (f", {plan['state_bytes_per_sequence'] / 2**20:.1f} MiB GDN state each)"
                              if plan["state_bytes_per_sequence"] else ")")),
         ("vLLM budget", _gib(plan["rollout_budget"]) + " GiB"),
+        ("vLLM engines", f"{plan['engines']} (TP {plan['rollout_tp']}, {plan['engines_per_node']} per node: every GPU "
+                         "holds its engine's share)"),
+        ("while generating", f"{_gib(plan['phase_generation'])} GiB (training state {_gib(plan['persistent'])} + vLLM)"),
+        ("while training", f"{_gib(plan['phase_training'])} GiB ("
+                           + ("vLLM asleep, rollout.sleep=" + str(plan["rollout_sleep"]) if plan["rollout_sleep"]
+                              else "vLLM awake: rollout.sleep=0") + ")"),
         ("fits", "yes" if plan["fits"] else
          "NO (" + ", ".join(w for w, ok in (("training", plan["training_fits"]), ("rollout", plan["rollout_fits"]))
                             if not ok) + ")"),

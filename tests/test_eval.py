@@ -202,6 +202,7 @@ MAKE_CKPTS = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_vopd_eval_end_to_end_two_checkpoints(tmp_path, synth):
+    """Two checkpoints through two engines (``--engines 2``: two processes, the questions split over them)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     root = tmp_path / "run"
     made = subprocess.run([sys.executable, "-c", MAKE_CKPTS, str(root)], cwd=ROOT, env=env, capture_output=True,
@@ -210,7 +211,7 @@ def test_vopd_eval_end_to_end_two_checkpoints(tmp_path, synth):
     out = tmp_path / "eval"
     proc = subprocess.run([sys.executable, "-m", "megatron_vopd.cli", "eval", "--ckpt", str(root), "--data",
                            str(synth[0]), "--out", str(out), "--config", "configs/demo.yaml", "--limit", "4",
-                           "--max-tokens", "8", "rollout.max_model_len=512"],
+                           "--max-tokens", "8", "--engines", "2", "rollout.max_model_len=512"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-6000:]
@@ -223,7 +224,8 @@ def test_vopd_eval_end_to_end_two_checkpoints(tmp_path, synth):
         assert r["gap"] == pytest.approx(r["crop_acc"] - r["full_acc"])
         assert sum(r["answer_counts"]["full"].values()) == sum(r["answer_counts"]["crop"].values()) == 4
     assert (out / "eval.png").read_bytes()[:8] == PNG_MAGIC
-    assert "synced" in log  # the second checkpoint went to the running engine, not a new one
+    assert "synced" in log  # the second checkpoint went to the running engines, not new ones
+    assert "2 vLLM engines (TP 1)" in log
     preds = [[json.loads(line) for line in open(out / f"predictions_{n}.jsonl")] for n in ("iter_0000000", "iter_0000001")]
     assert all(len(p) == 4 for p in preds)
     # the perturbed weights reached the engine: its greedy responses changed

@@ -191,3 +191,29 @@ def test_cli_unknown_recipe(capsys):
     args = _parser().parse_args(["plan", "--recipe", "no-such-recipe", "--nodes", "1"])
     assert args.func(args) == 2
     assert "no-such-recipe" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rollout_tp,engines", [(1, 16), (2, 8), (8, 2)])
+def test_engines_on_every_gpu_and_the_memory_of_each_phase(rollout_tp, engines):
+    """2 nodes x 8 GPUs: world / rollout TP engines; while generating a GPU holds the persistent training
+    state + the vLLM budget, while training the training total + the vLLM budget, or no vLLM when asleep."""
+    for sleep in (0, 1, 2):
+        cfg = load_config(SCALEOUT / "qwen3-vl-8b.yaml", [f"rollout.tensor_parallel_size={rollout_tp}",
+                                                          f"rollout.sleep={sleep}"])
+        plan = memory_plan(cfg, nodes=2, gpus_per_node=8, tp=4, pp=1)
+        assert plan["engines"] == engines and plan["engines_per_node"] == engines // 2
+        persistent = sum(plan[k] for k in ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32"))
+        vllm = int(cfg.rollout.gpu_memory_utilization * 80 * GIB)
+        assert plan["phase_generation"] == persistent + vllm
+        assert plan["phase_training"] == plan["training_total"] + (0 if sleep else vllm)
+        assert plan["training_budget"] == 80 * GIB - (0 if sleep else vllm)
+        assert plan["fits"] == (max(plan["phase_generation"], plan["phase_training"]) <= 80 * GIB
+                                and plan["rollout_sequences"] >= 1)
+
+
+def test_an_engine_cannot_span_nodes():
+    from megatron_vopd.config import ConfigError
+
+    cfg = load_config(SCALEOUT / "qwen2.5-vl-7b.yaml", ["rollout.tensor_parallel_size=4"])
+    with pytest.raises(ConfigError, match="an engine's ranks must share a node"):
+        memory_plan(cfg, nodes=2, gpus_per_node=2, tp=2, pp=1)

@@ -3,17 +3,19 @@
     vopd eval --ckpt RUN_DIR --data eval.parquet --out outputs/eval [--config configs/demo.yaml] [key.sub=value ...]
 
 ``--ckpt`` is a Megatron checkpoint folder (``metadata.json`` + ``vopd_model.yaml``) or a training-run
-folder holding ``iter_*`` checkpoints (all evaluated, in step order); it may be repeated. One process:
-the model is built at TP1, the first checkpoint is exported as a HF folder (``OUT/engine``, with the
-processor resizing images by ``data.min_pixels``/``data.max_pixels`` as training does) and served by
-one vLLM engine; every further checkpoint is loaded into the model and pushed to the engine by a
-weight sync. Writes ``OUT/eval.json`` (one row per checkpoint, rewritten after each),
+folder holding ``iter_*`` checkpoints (all evaluated, in step order); it may be repeated. The model
+is built at TP1, the first checkpoint is exported as a HF folder (``OUT/engine``, with the processor
+resizing images by ``data.min_pixels``/``data.max_pixels`` as training does) and served by a vLLM
+engine; every further checkpoint is loaded into the model and pushed to the engine by a weight sync.
+``--engines N`` runs N processes under torchrun, each with its engine (one per GPU; on the CPU they
+split the cores), and splits the questions over them as the trainer's evaluation does. Writes ``OUT/eval.json`` (one row per checkpoint, rewritten after each),
 ``OUT/predictions_<name>.jsonl`` and ``OUT/eval.png``. Bad inputs exit with code 2.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -35,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--max-tokens", type=int, help="response tokens at most (default: rollout.max_tokens)")
     p.add_argument("--limit", type=int, help="evaluate the first N records only")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (two requests each)")
+    p.add_argument("--engines", type=int, default=1,
+                   help="vLLM engines the questions are split over, one process each (torchrun); default 1")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. rollout.max_model_len=2048")
     p.set_defaults(func=run)
 
@@ -105,10 +109,17 @@ def run(args) -> int:
     from megatron_vopd.data.errors import DataError
 
     try:
+        if args.engines < 1:
+            raise EvalInputError(f"--engines {args.engines}: must be >= 1")
         cfg, ckpts, model_cfg, records, image_root, data = _load_inputs(args)
     except (EvalInputError, ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.engines > 1 and "RANK" not in os.environ:  # become N processes, each with its engine
+        from megatron_vopd.runtime.torchrun import threads_per_process, torchrun_command
+
+        cmd = torchrun_command(args.engines, "megatron_vopd.cli", *args.argv)
+        os.execvpe(cmd[0], cmd, {**os.environ, "OMP_NUM_THREADS": threads_per_process(args.engines)})
     return evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, Path(args.out),
                                 max_tokens=args.max_tokens or cfg.rollout.max_tokens, batch_size=args.batch_size)
 
@@ -124,9 +135,12 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.eval.accuracy import eval_items, evaluate
     from megatron_vopd.eval.plot import plot_accuracy
+    import torch.distributed as dist
+
     from megatron_vopd.rollout.factory import start_engine
+    from megatron_vopd.rollout.layout import generate_split
     from megatron_vopd.rollout.weight_sync import sync_weights
-    from megatron_vopd.runtime import destroy_distributed, init_distributed
+    from megatron_vopd.runtime import destroy_distributed, init_distributed, log_rank0
 
     cuda = torch.cuda.is_available()
     if not cuda:
@@ -137,9 +151,9 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
     tokenizer = load_tokenizer(family)
     items = eval_items(records, tokenizer=tokenizer, family=family, image_root=image_root,
                        crop_margin=cfg.data.crop_margin, min_crop_size=cfg.data.min_crop_size)
-    print(f"[eval] {len(items)} prompts x 2 views, {len(ckpts)} checkpoint(s), max_tokens={max_tokens}", flush=True)
-
     init_distributed(1, 1, seed=cfg.seed)
+    rank0 = dist.get_rank() == 0
+    log_rank0(f"[eval] {len(items)} prompts x 2 views, {len(ckpts)} checkpoint(s), max_tokens={max_tokens}")
     engine, rows = None, []
     try:
         model = architecture(model_cfg.arch).build_model(model_cfg, ParallelConfig(), init_weights=False)
@@ -149,17 +163,23 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
             load_model(model, ckpt)
             if engine is None:  # the engine starts from the first checkpoint's weights on disk
                 engine_dir = out / "engine"
-                shutil.rmtree(engine_dir, ignore_errors=True)
-                engine, _ = start_engine(model, model_cfg, cfg.rollout, engine_dir, min_pixels=cfg.data.min_pixels,
-                                         max_pixels=cfg.data.max_pixels, dtype=dtype)
+                if rank0:
+                    shutil.rmtree(engine_dir, ignore_errors=True)
+                engine, layout = start_engine(model, model_cfg, cfg.rollout, engine_dir,
+                                              min_pixels=cfg.data.min_pixels, max_pixels=cfg.data.max_pixels,
+                                              dtype=dtype)
             else:
                 stats = sync_weights(engine, model, model_cfg, version=version,
                                      bucket_bytes=cfg.rollout.weight_sync_bucket_bytes, dtype=dtype, table=table)
-                print(f"[eval] synced {ckpt} to the engine ({stats['bytes'] / 1e6:.1f} MB, {stats['seconds']:.1f}s)",
-                      flush=True)
-            print(f"[eval] step {step}: {ckpt}", flush=True)
+                log_rank0(f"[eval] synced {ckpt} to the engine(s) ({stats['bytes'] / 1e6:.1f} MB, "
+                          f"{stats['seconds']:.1f}s)")
+            log_rank0(f"[eval] step {step}: {ckpt}")
+            split = lambda reqs, spec, weight_version: generate_split(engine, layout, reqs, spec,  # noqa: E731
+                                                                      weight_version=weight_version)
             result = evaluate(engine, items, weight_version=engine.weight_version, max_tokens=max_tokens,
-                              tokenizer=tokenizer, batch_size=batch_size, log=lambda m: print(m, flush=True))
+                              tokenizer=tokenizer, batch_size=batch_size, log=log_rank0, generate=split)
+            if not rank0:
+                continue
             rows.append({"step": step, "ckpt": str(ckpt), **result.to_dict()})
             names = [c.name for _, c in ckpts]
             name = ckpt.name if names.count(ckpt.name) == 1 else f"{ckpt.parent.name}_{ckpt.name}"
@@ -171,6 +191,8 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
         if engine is not None:
             engine.shutdown()
         destroy_distributed()
+    if not rank0:
+        return 0
     print(_table(rows), flush=True)
     print(f"[eval] wrote {out / 'eval.json'} and {out / 'eval.png'}", flush=True)
     return 0
