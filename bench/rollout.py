@@ -1,6 +1,6 @@
 """Benchmark: rollout tokens/s of 2 engines (2 processes) over 1 engine, through the trainer's rollout path.
 
-The tiny Qwen2.5-VL (random weights, the same on every rank), image+text prompts, ``--prompts`` x ``--n``
+The tiny Qwen2.5-VL (random weights, the same on every rank), image+text prompts, ``--prompts`` x ``--samples``
 samples of up to ``--max-tokens`` tokens, temperature 1.0, each request seeded as the trainer seeds it
 (``rollout.layout.request_seed``). Each run is a torchrun world whose ranks host one engine each; the
 prompts are split over the engines and the samples all-gathered (``rollout.layout.generate_split``, what
@@ -9,7 +9,7 @@ Prints ENGINES_RATIO (2 engines / 1; goal >= 1.5 on 2 cores) and, from the 1-eng
 ROLLOUT_RATIO: our engine over transformers' ``generate`` (``num_return_sequences=n``, held to the full
 length with ``min_new_tokens``) on the same prompts (goal >= 3).
 
-    python bench/rollout.py [--prompts 16 --n 4 --max-tokens 32]
+    python bench/rollout.py [--prompts 16 --samples 4 --max-tokens 32]
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ def worker(args) -> None:
                                                             cpu_kvcache_space_gib=1), folder)
     base = probe_prompts(cfg, load_tokenizer(arch.tokenizer))
     prompts = [base[i % len(base)] for i in range(args.prompts)]
-    requests = [replace(p[0], seed=request_seed(0, 0, i, args.n)) for i, p in enumerate(prompts)]
-    spec = SamplingSpec(n=args.n, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
+    requests = [replace(p[0], seed=request_seed(0, 0, i, args.samples)) for i, p in enumerate(prompts)]
+    spec = SamplingSpec(n=args.samples, temperature=1.0, top_p=1.0, max_tokens=args.max_tokens)
     generate_split(engine, layout, requests[:layout.n_engines], SamplingSpec(max_tokens=2), weight_version=0)  # warm-up
     dist.barrier()
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def worker(args) -> None:
               "seconds": seconds}
     if args.vs_transformers and dist.get_rank() == 0:
         hf = arch.hf_model_class().from_pretrained(folder, dtype=torch.float32).eval()
-        kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.n,
+        kwargs = dict(do_sample=True, temperature=1.0, top_p=1.0, top_k=0, num_return_sequences=args.samples,
                       max_new_tokens=args.max_tokens, min_new_tokens=args.max_tokens, pad_token_id=151643)
         hf_tokens, t0 = 0, time.perf_counter()
         with torch.no_grad():
@@ -77,7 +77,7 @@ def worker(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--vs-transformers", action="store_true", help=argparse.SUPPRESS)
@@ -89,7 +89,7 @@ def main() -> None:
     from megatron_vopd.runtime.torchrun import torchrun
 
     work = tempfile.mkdtemp(prefix="vopd-bench-rollout-")
-    common = ["--worker", "--workdir", work, "--prompts", str(args.prompts), "--n", str(args.n),
+    common = ["--worker", "--workdir", work, "--prompts", str(args.prompts), "--samples", str(args.samples),
               "--max-tokens", str(args.max_tokens)]
     runs = {}
     for nproc in (1, 2):

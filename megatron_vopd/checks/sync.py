@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bucket-bytes", type=int, default=8 * 1024**2)
     ap.add_argument("--model", default="tiny-qwen2.5-vl", help="model recipe (configs/model/*.yaml)")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--sleep", type=int, default=0, choices=[0, 1, 2],
+                    help="CUDA: put the engines to sleep at this level before the second sync (rollout.sleep)")
     args = ap.parse_args(argv)
 
     cfg = load_model_config(args.model)
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
     rank0 = info.rank == 0
     # The engine starts from the policy's current weights on disk (vLLM's dummy start leaves its
     # vision tower wrong even after a reload), then follows the policy by syncs.
-    engine, layout = start_engine(model, cfg, RolloutConfig(dtype=args.dtype, max_model_len=1024,
+    engine, layout = start_engine(model, cfg, RolloutConfig(dtype=args.dtype, max_model_len=1024, sleep=args.sleep,
                                                             cpu_kvcache_space_gib=1), work / "engine")
     split = lambda reqs, spec, v: generate_split(engine, layout, reqs, spec, weight_version=v)  # noqa: E731
     sync = lambda v: sync_weights(engine, model, cfg, version=v, bucket_bytes=args.bucket_bytes, dtype=args.dtype)  # noqa: E731
@@ -115,7 +117,13 @@ def main(argv=None) -> int:
     dist.all_gather_object(stale_errors, stale)
     result["stale_errors"] = [stale_errors[layout.group(e)[0]] for e in range(layout.n_engines)]
     result["stale_error"] = stale_errors[0]
+    if args.sleep and torch.cuda.is_available():  # the training phase: the engine's GPU memory comes back
+        free = torch.cuda.mem_get_info()[0]
+        engine.sleep()
+        result["sleep_freed_gib"] = (torch.cuda.mem_get_info()[0] - free) / 2**30
+        engine.wake_up(["weights"])
     sync(2)
+    engine.wake_up(["kv_cache"])
     versions = [None] * dist.get_world_size()
     dist.all_gather_object(versions, engine.weight_version)
     result["engine_versions"] = [versions[layout.group(e)[0]] for e in range(layout.n_engines)]
