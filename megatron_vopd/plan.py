@@ -109,8 +109,7 @@ def parameter_counts(model: ModelConfig) -> dict[str, int]:
 # --------------------------------------------------------------------------- one layout
 
 PERSISTENT_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32")  # kept while generating
-TRAINING_PARTS = ("weights", "gradients", "masters", "optimizer", "teacher", "teacher_ema32", "activations", "logits",
-                  "teacher_logits")
+TRAINING_PARTS = PERSISTENT_PARTS + ("activations", "logits", "teacher_logits")
 
 
 def _ceil_div(a: int, b: int) -> int:

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.rollout.engine import SamplingSpec, StaleWeightsError
     from megatron_vopd.rollout.factory import start_engine
-    from megatron_vopd.rollout.layout import generate_split
+    from megatron_vopd.rollout.layout import generate_split, per_engine
     from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.rollout.weight_sync import sync_weights
     from megatron_vopd.runtime import init_distributed
@@ -113,10 +113,8 @@ def main(argv=None) -> int:
         stale = None
     except StaleWeightsError as e:
         stale = str(e)
-    stale_errors = [None] * dist.get_world_size()
-    dist.all_gather_object(stale_errors, stale)
-    result["stale_errors"] = [stale_errors[layout.group(e)[0]] for e in range(layout.n_engines)]
-    result["stale_error"] = stale_errors[0]
+    result["stale_errors"] = per_engine(layout, stale)
+    result["stale_error"] = result["stale_errors"][0]
     if args.sleep and torch.cuda.is_available():  # the training phase: the engine's GPU memory comes back
         free = torch.cuda.mem_get_info()[0]
         engine.sleep()
@@ -124,9 +122,7 @@ def main(argv=None) -> int:
         engine.wake_up(["weights"])
     sync(2)
     engine.wake_up(["kv_cache"])
-    versions = [None] * dist.get_world_size()
-    dist.all_gather_object(versions, engine.weight_version)
-    result["engine_versions"] = [versions[layout.group(e)[0]] for e in range(layout.n_engines)]
+    result["engine_versions"] = per_engine(layout, engine.weight_version)
     after = split(requests, SamplingSpec(n=1, temperature=0.0, max_tokens=8), 2)
     result["greedy_before"] = [r[0].token_ids for r in greedy]
     result["greedy_after"] = [r[0].token_ids for r in after]

@@ -8,8 +8,9 @@ is built at TP1, the first checkpoint is exported as a HF folder (``OUT/engine``
 resizing images by ``data.min_pixels``/``data.max_pixels`` as training does) and served by a vLLM
 engine; every further checkpoint is loaded into the model and pushed to the engine by a weight sync.
 ``--engines N`` runs N processes under torchrun, each with its engine (one per GPU; on the CPU they
-split the cores), and splits the questions over them as the trainer's evaluation does. Writes ``OUT/eval.json`` (one row per checkpoint, rewritten after each),
-``OUT/predictions_<name>.jsonl`` and ``OUT/eval.png``. Bad inputs exit with code 2.
+split the cores), and splits the questions over them as the trainer's evaluation does. Writes
+``OUT/eval.json`` (one row per checkpoint, rewritten after each), ``OUT/predictions_<name>.jsonl`` and
+``OUT/eval.png``. Bad inputs exit with code 2.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ def run(args) -> int:
 def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, *, max_tokens: int,
                          batch_size: int = 64) -> int:
     import torch
+    import torch.distributed as dist
 
     from megatron_vopd.architecture import architecture
     from megatron_vopd.bridge.megatron_ckpt import load_model
@@ -135,8 +137,6 @@ def evaluate_checkpoints(cfg, ckpts, model_cfg, records, image_root, out: Path, 
     from megatron_vopd.data.tokenizer import load_tokenizer
     from megatron_vopd.eval.accuracy import eval_items, evaluate
     from megatron_vopd.eval.plot import plot_accuracy
-    import torch.distributed as dist
-
     from megatron_vopd.rollout.factory import start_engine
     from megatron_vopd.rollout.layout import generate_split
     from megatron_vopd.rollout.weight_sync import sync_weights

@@ -98,7 +98,7 @@ def verdict(cfg, layouts, args) -> str:
                    f"for training against {best['training_budget'] / GIB:.1f}")
         return f"=> {batch} does NOT fit on {machine}{why}"
     p = fitting[0]
-    engines = p["world_size"] // p["rollout_tp"]
+    engines = p["engines"]
     at_once = engines * p["rollout_sequences"]
     waves = -(-d.prompts_per_step * r.n_samples // at_once)
     return (f"=> {batch} fits on {machine} with TP={p['tp']} PP={p['pp']} DP={p['dp']} (training "

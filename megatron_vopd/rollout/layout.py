@@ -80,6 +80,15 @@ def request_seed(seed: int, step: int, prompt: int, n_samples: int) -> int:
     return ((seed * 1_000_003 + step) * 1_000_003 + prompt * n_samples) % (2**63)
 
 
+def per_engine(layout: EngineLayout, value) -> list:
+    """Collective over the world: ``value`` of each engine's host, in engine order."""
+    import torch.distributed as dist
+
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return [values[layout.group(e)[0]] for e in range(layout.n_engines)]
+
+
 def generate_split(engine, layout: EngineLayout, requests: list, sampling, *, weight_version: int) -> list:
     """Collective over the world: every engine samples its block of ``requests`` (``EngineLayout.prompts``)
     and every rank gets all the samples, in request order (an all-gather of the hosts' token ids and

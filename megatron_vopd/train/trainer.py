@@ -100,7 +100,7 @@ class Trainer:
         return Path(self.cfg.checkpoint.dir) / "eval.json"
 
     def start_engine(self) -> None:
-        """Export the policy as it is now and start the engine from it (rank 0); version 0 = now."""
+        """Export the policy as it is now and start every rank's engine from it; version 0 = now."""
         t0 = time.perf_counter()
         d = self.cfg.data
         self.engine, self.layout = start_engine(self.model, self.cfg.model, self.cfg.rollout,
