@@ -5,7 +5,11 @@ samples of up to ``--max-tokens`` tokens, temperature 1.0, each request seeded a
 (``rollout.layout.request_seed``). Each run is a torchrun world whose ranks host one engine each; the
 prompts are split over the engines and the samples all-gathered (``rollout.layout.generate_split``, what
 ``Trainer.rollout`` calls). On the CPU the engines split the machine's cores. Engine start-up is excluded.
-Prints ENGINES_RATIO (2 engines / 1; goal >= 1.5 on 2 cores) and, from the 1-engine run,
+Three runs: 2 engines (each on one rank's half of the cores, as each would hold one rank's GPU); 1 engine on
+one rank's half (what one engine on rank 0 had while the other rank's device waited, before engines were
+spread over every rank); 1 engine on the whole machine. Prints ENGINES_RATIO (2 engines / 1 engine on one
+rank's share; goal >= 1.5 on 2 cores), SAME_CORES_RATIO (2 engines / 1 engine on every core: on a CPU the
+engines only re-divide the same cores, so ~1 means the split costs nothing) and, from the whole-machine run,
 ROLLOUT_RATIO: our engine over transformers' ``generate`` (``num_return_sequences=n``, held to the full
 length with ``min_new_tokens``) on the same prompts (goal >= 3).
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -37,6 +42,9 @@ def worker(args) -> None:
     from megatron_vopd.rollout.probe import probe_prompts
     from megatron_vopd.runtime import init_distributed
 
+    if args.one_share:  # one rank's share of the cores: the half _cpu_slice gives rank 0 of 2
+        cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, cores[:max(1, len(cores) // 2)])
     cfg = load_model_config("tiny-qwen2.5-vl")
     cfg.transformer_impl = "local"
     init_distributed(1, 1)
@@ -81,6 +89,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--vs-transformers", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-share", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -92,23 +101,25 @@ def main() -> None:
     common = ["--worker", "--workdir", work, "--prompts", str(args.prompts), "--samples", str(args.samples),
               "--max-tokens", str(args.max_tokens)]
     runs = {}
-    for nproc in (1, 2):
-        code, result, out = torchrun(str(Path(__file__).resolve()), nproc, *common,
-                                     *(["--vs-transformers"] if nproc == 1 else []), timeout=1800)
+    for name, nproc, extra in (("2", 2, []), ("1/2", 1, ["--one-share"]), ("1", 1, ["--vs-transformers"])):
+        code, result, out = torchrun(str(Path(__file__).resolve()), nproc, *common, *extra, timeout=1800)
         if code != 0 or result is None:
-            sys.exit(f"the {nproc}-engine run failed:\n{out[-4000:]}")
-        runs[nproc] = result
-        print(f"[bench] {nproc} engine(s): {result['tokens']} tokens in {result['seconds']:.2f}s", flush=True)
+            sys.exit(f"the run of {nproc} engine(s) ({name}) failed:\n{out[-4000:]}")
+        runs[name] = result
+        print(f"[bench] {nproc} engine(s) on {'half the' if extra == ['--one-share'] else 'all'} cores: "
+              f"{result['tokens']} tokens in {result['seconds']:.2f}s", flush=True)
     tps = {k: r["tokens"] / r["seconds"] for k, r in runs.items()}
-    hf_tps = runs[1]["hf_tokens"] / runs[1]["hf_s"]
-    print(f"\n{'rollout':<26}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
-    for k in (1, 2):
-        print(f"{f'vLLM, {k} engine(s)':<26}{runs[k]['tokens']:>8}{runs[k]['seconds']:>9.2f}{tps[k]:>10.1f}")
-    print(f"{'transformers generate':<26}{runs[1]['hf_tokens']:>8}{runs[1]['hf_s']:>9.2f}{hf_tps:>10.1f}")
-    print(f"ENGINES_RATIO {tps[2] / tps[1]:.2f}")
-    print(f"ROLLOUT_RATIO {tps[1] / hf_tps:.2f}")
-    print("RESULT " + json.dumps({"runs": runs, "engines_ratio": tps[2] / tps[1], "rollout_ratio": tps[1] / hf_tps}))
-
+    hf_tps = runs["1"]["hf_tokens"] / runs["1"]["hf_s"]
+    labels = {"2": "vLLM, 2 engines", "1/2": "vLLM, 1 engine, half", "1": "vLLM, 1 engine, all"}
+    print(f"\n{'rollout (cores)':<26}{'tokens':>8}{'seconds':>9}{'tokens/s':>10}")
+    for k, label in labels.items():
+        print(f"{label:<26}{runs[k]['tokens']:>8}{runs[k]['seconds']:>9.2f}{tps[k]:>10.1f}")
+    print(f"{'transformers generate':<26}{runs['1']['hf_tokens']:>8}{runs['1']['hf_s']:>9.2f}{hf_tps:>10.1f}")
+    ratios = {"engines_ratio": tps["2"] / tps["1/2"], "same_cores_ratio": tps["2"] / tps["1"],
+              "rollout_ratio": tps["1"] / hf_tps}
+    for k, v in ratios.items():
+        print(f"{k.upper()} {v:.2f}")
+    print("RESULT " + json.dumps({"runs": runs, **ratios}))
 
 if __name__ == "__main__":
     main()

