@@ -261,3 +261,19 @@ def test_vocab_parallel_bf16_and_no_group():
         assert got.dtype == torch.float32 and xb.grad.dtype == torch.bfloat16
         assert abs(got.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
         assert (xb.grad.float() - xa.grad.float()).abs().max() <= 1e-2 * xa.grad.float().abs().max()
+
+
+def test_blocked_logsumexp_equals_torch_logsumexp():
+    """The loss's row logsumexp (blocks of rows through one buffer) equals torch.logsumexp of x / T in fp32,
+    across block boundaries, for fp32 and bf16 logits (upcast), at T = 1 and T = 0.7."""
+    import torch
+
+    from megatron_vopd.distill.vocab_parallel import _logsumexp
+
+    x = torch.randn(37, 1003, generator=torch.Generator().manual_seed(0)) * 5
+    for logits in (x, x.bfloat16()):
+        for t in (1.0, 0.7):
+            got = _logsumexp(logits, torch.float32, t, block_rows=16)
+            want = torch.logsumexp(logits.float() / t, dim=-1)
+            assert got.dtype == torch.float32 and got.shape == (37,)
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-6)

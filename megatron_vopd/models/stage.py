@@ -152,7 +152,8 @@ class VisionLanguageStage(MegatronModule):
             self._logit_positions = None
         if not self.post_process:
             return self.stage_output(out)
-        return out[0] if logit_positions is not None else out
+        # squeeze, not out[0]: the backward of a select allocates and zero-fills the whole [1, N, V] gradient
+        return out.squeeze(0) if logit_positions is not None else out
 
 
 def place_stage(stage: VisionLanguageStage) -> VisionLanguageStage:
