@@ -11,6 +11,8 @@ engine; every further checkpoint is loaded into the model and pushed to the engi
 split the cores), and splits the questions over them as the trainer's evaluation does. Writes
 ``OUT/eval.json`` (one row per checkpoint, rewritten after each), ``OUT/predictions_<name>.jsonl`` and
 ``OUT/eval.png``. Bad inputs exit with code 2.
+
+``--benchmark NAME[,NAME...]`` evaluates the paper's benchmarks instead (``eval/bench_run.py``).
 """
 
 from __future__ import annotations
@@ -35,11 +37,25 @@ def register(sub) -> None:
     p.add_argument("--data", help="eval parquet (vopd data prepare) or raw jsonl; default: data.eval_file")
     p.add_argument("--out", required=True, help="output folder: eval.json, eval.png, predictions, engine/")
     p.add_argument("--config", help="recipe (e.g. configs/demo.yaml) for data.* and rollout.*; default: defaults")
-    p.add_argument("--max-tokens", type=int, help="response tokens at most (default: rollout.max_tokens)")
+    p.add_argument("--max-tokens", type=int,
+                   help="response tokens at most (default: rollout.max_tokens; with --benchmark 32768, the reference's)")
     p.add_argument("--limit", type=int, help="evaluate the first N records only")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per generate call (two requests each)")
     p.add_argument("--engines", type=int, default=1,
                    help="vLLM engines the questions are split over, one process each (torchrun); default 1")
+    b = p.add_argument_group("the paper's benchmarks (--benchmark; see megatron_vopd/eval/bench_run.py)")
+    b.add_argument("--benchmark", metavar="NAME[,NAME...]",
+                   help="vstar, zoombench, hrbench-4k, hrbench-8k, mme-realworld, mme-realworld-cn (the paper's six), "
+                        "mme-realworld-lite, mmstar, pope, cv-bench, mmvp; --data is then the downloaded files")
+    b.add_argument("--judge", metavar="URL", help="OpenAI-compatible endpoint judging answers no rule matched "
+                                                  "(default: none; they count as wrong, and the output says so)")
+    b.add_argument("--judge-model", help="the judge's model name (default: the server's first)")
+    b.add_argument("--views", default="full", help="full, or full,crop: also answer on a benchmark's own crops")
+    b.add_argument("--strict", action="store_true", help="stop at the first row that cannot be read")
+    b.add_argument("--min-pixels", type=int, help="image processor lower bound of an exported checkpoint "
+                                                  "(default: the family's)")
+    b.add_argument("--max-pixels", type=int, help="image processor upper bound (default: the family's)")
+    b.add_argument("--max-model-len", type=int, help="engine context (default: rollout.max_model_len)")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. rollout.max_model_len=2048")
     p.set_defaults(func=run)
 
@@ -109,6 +125,10 @@ def run(args) -> int:
     from megatron_vopd.config import ConfigError
     from megatron_vopd.data.errors import DataError
 
+    if args.benchmark:
+        from megatron_vopd.eval.bench_run import run as run_benchmarks
+
+        return run_benchmarks(args)
     try:
         if args.engines < 1:
             raise EvalInputError(f"--engines {args.engines}: must be >= 1")

@@ -33,3 +33,35 @@ def plot_accuracy(rows: list[dict], out_png: str | Path, title: str = "Vision-OP
     finally:
         plt.close(fig)
     return out_png
+
+
+def plot_benchmarks(results: dict[str, dict], out_png: str | Path) -> Path:
+    """Bars of each benchmark's accuracy (and the macro average of the six) next to the paper's columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from megatron_vopd.eval.scoring import PAPER, macro
+
+    names = list(results) + (["macro"] if macro(results) is not None else [])
+    ours = [results[n]["accuracy"] if n in results else macro(results) for n in names]
+    columns = [("ours", ours)] + [(c, [PAPER[c].get(n, float("nan")) for n in names]) for c in PAPER]
+    width = 0.8 / len(columns)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) + 2), 4.5))
+    try:
+        for i, (label, values) in enumerate(columns):
+            ax.bar([x + (i - (len(columns) - 1) / 2) * width for x in range(len(names))], values, width, label=label)
+        ax.set_xticks(range(len(names)), names, rotation=20)
+        ax.set_ylabel("accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.set_title("Benchmarks: this checkpoint and the paper's Table 1")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out_png = Path(out_png)
+        out_png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(out_png, dpi=120)
+    finally:
+        plt.close(fig)
+    return out_png
