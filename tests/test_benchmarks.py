@@ -115,6 +115,41 @@ def test_bad_rows_are_reported_with_file_and_row_and_reading_goes_on(tmp_path):
     assert bad[2].where == f"{f}:3" and "does not decode" in bad[2].reason
 
 
+def test_an_answer_that_names_no_option_is_a_bad_row(tmp_path):
+    img = base64.b64encode(jpeg()).decode()
+    f = write(tmp_path / "hr_bench_4k.parquet",
+              {"index": [0, 1, 2], "question": ["q"] * 3, "A": ["a"] * 3, "B": ["b"] * 3, "C": ["c"] * 3,
+               "D": ["d", "d", ""], "answer": ["B", "Z", "D"], "image": [img] * 3})
+    good, bad = records("hrbench-4k", tmp_path)
+    assert [r.uid for r in good] == ["hrbench-4k:index:0"]
+    assert [str(b) for b in bad] == [f"{f}:1: answer: 'Z' is not an option letter",
+                                     f"{f}:2: answer: 'D' names option D, which is empty"]
+    m = write(tmp_path / "mme" / "x.parquet", {"bytes": [img], "index": [0], "question": ["q"],
+                                              "multi-choice options": [["(A) 1", "(B) 2"]], "answer": ["E"]})
+    _, (b,) = records("mme-realworld", m)
+    assert str(b) == f"{m}:0: answer: 'E' is not among the options A, B"
+
+
+def test_pope_cvbench_mmstar_prompts(tmp_path):
+    img = {"bytes": jpeg(), "path": None}
+    write(tmp_path / "pope" / "test.parquet", {"question_id": ["7"], "question": ["Is there a dog in the image?"],
+                                               "answer": ["Yes"], "image": [img], "category": ["adversarial"]},
+          {"image": IMAGE_STRUCT})
+    (p,), _ = records("pope", tmp_path / "pope")
+    assert (p.query, p.gt) == ("Is there a dog in the image?\nAnswer the question using a single word or phrase.", "yes")
+    for dim in ("2d", "3d"):  # idx restarts per file: the uid keys by type and idx
+        write(tmp_path / "cv" / f"test_{dim}.parquet",
+              {"idx": [0], "type": [dim.upper()], "task": ["Count"], "image": [img], "source": ["COCO"],
+               "prompt": ["How many cars? Select from the following choices.\n(A) 1\n(B) 2"], "answer": ["(B)"]},
+              {"image": IMAGE_STRUCT})
+    cv, _ = records("cv-bench", tmp_path / "cv")
+    assert [r.uid for r in cv] == ["cv-bench:2D:0", "cv-bench:3D:0"] and cv[0].query.endswith("(B) 2")
+    write(tmp_path / "mmstar" / "mmstar.parquet", {"index": [4], "question": ["Which?\nOptions: A: x, B: y"],
+                                                   "answer": ["A"], "image": [jpeg()], "category": ["coarse"]})
+    (s,), _ = records("mmstar", tmp_path / "mmstar")
+    assert (s.query, s.gt, s.uid) == ("Which?\nOptions: A: x, B: y", "A", "mmstar:index:4")
+
+
 def test_missing_column_names_the_file_and_column(tmp_path):
     write(tmp_path / "hr_bench_4k.parquet", {"index": [0], "question": ["q"], "answer": ["A"], "image": ["x"]})
     with pytest.raises(BenchmarkInputError, match=r"hr_bench_4k.parquet: missing column\(s\) A, B, C, D of hrbench-4k"):

@@ -67,6 +67,10 @@ def resolve_model(ckpt: Path, out: Path, *, min_pixels: int | None, max_pixels: 
     from megatron_vopd.bridge.megatron_ckpt import iteration_folders, read_model_config
 
     if (ckpt / "config.json").is_file() and not (ckpt / "vopd_model.yaml").is_file():
+        if min_pixels is not None or max_pixels is not None:
+            raise BenchRunError(f"--min-pixels/--max-pixels apply to a Megatron checkpoint (exported with them); "
+                                f"the Hugging Face folder {ckpt} is served with its own processor "
+                                "(preprocessor_config.json), as the reference serves it")
         return ckpt, read_hf_config(ckpt)
     if not (ckpt / "vopd_model.yaml").is_file():
         found = [d for _, d in iteration_folders(ckpt) if (d / "vopd_model.yaml").is_file()] if ckpt.is_dir() else []

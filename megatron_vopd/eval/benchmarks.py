@@ -230,6 +230,7 @@ def _record(name, fmt, row, where) -> BenchRecord | BadRow:
         uid, query, gt, column, meta = fmt.row(row, name)
         if not gt:
             raise ValueError("the answer is empty")
+        _check_answer(name, gt, row)
         image = image_bytes(row.get(column), column)
         check_image(image, column)
         crop = None
@@ -240,6 +241,23 @@ def _record(name, fmt, row, where) -> BenchRecord | BadRow:
     except (ValueError, KeyError, TypeError) as e:
         return BadRow(where, str(e))
     return BenchRecord(name, uid, query, gt, image, where, crop, meta)
+
+
+def _check_answer(name: str, gt: str, row: dict) -> None:
+    """A multiple-choice truth must name one of the record's options (else no answer could be right)."""
+    from megatron_vopd.eval.scoring import MCQ, extract_mcq_option
+
+    if name not in MCQ:
+        return
+    letter = extract_mcq_option(gt)
+    if letter is None:
+        raise ValueError(f"answer: {gt!r} is not an option letter")
+    if name.startswith("hrbench") and not _text(row, letter):
+        raise ValueError(f"answer: {gt!r} names option {letter}, which is empty")
+    if name.startswith("mme-realworld"):
+        given = [str(o).strip()[1:2] for o in (row.get("multi-choice options") or []) if str(o).strip()]
+        if letter not in given:
+            raise ValueError(f"answer: {gt!r} is not among the options {', '.join(given) or '(none)'}")
 
 
 def _read_mmvp(path: Path) -> Iterator[BenchRecord | BadRow]:
