@@ -59,6 +59,26 @@ def test_vstar_parquet_prompt_and_fields(tmp_path):
     assert Image.open(io.BytesIO(good[0].image)).size == (40, 30)
 
 
+def test_vstar_crops_from_the_official_annotations(tmp_path):
+    """With penghao-wu/vstar's annotation JSONs under the folder, rows get the crop around their boxes (the
+    training crop's margin 0.5 and minimum 224 px); rows without one, none; a malformed box is a bad row."""
+    root = tmp_path / "vstar"
+    write(root / "data" / "test-00000-of-00001.parquet",
+          {"image": [{"bytes": jpeg(size=(400, 300)), "path": p} for p in ("sa_1.jpg", "sa_2.jpg", "sa_3.jpg")],
+           "text": ["Q?\n(A) x\n(B) y"] * 3, "label": ["A"] * 3, "question_id": ["0", "1", "2"]},
+          {"image": IMAGE_STRUCT})
+    (root / "direct_attributes").mkdir()
+    (root / "direct_attributes" / "sa_1.json").write_text(json.dumps(
+        {"target_object": ["cup", "dog"], "bbox": [[10, 5, 8, 6], [30, 40, 10, 10]], "question": "Q?",
+         "options": ["x", "y"]}))
+    (root / "direct_attributes" / "sa_3.json").write_text(json.dumps({"bbox": [[10, 5, -8, 6]]}))
+    (root / "dataset_info.json").write_text("{}")  # the download's own metadata: not an annotation
+    good, bad = records("vstar", root)
+    assert [r.uid for r in good] == ["vstar:question_id:0", "vstar:question_id:1"]
+    assert Image.open(io.BytesIO(good[0].crop)).size == (224, 224) and good[1].crop is None
+    assert len(bad) == 1 and bad[0].where.endswith(":2") and "bbox" in bad[0].reason
+
+
 def test_hrbench_base64_prompt(tmp_path):
     write(tmp_path / "hr_bench_4k.parquet",
           {"index": [7], "question": ["What colour is the flag?"], "A": ["red"], "B": ["blue"], "C": ["green"],

@@ -8,6 +8,8 @@ with the reference evaluator's prompt for each.
 Formats (columns as the files ship them; parquet is read in batches, never whole):
 
 - ``vstar``: lmms-lab/vstar-bench parquet: ``image`` {bytes, path}, ``text``, ``label``, ``question_id``, ``category``;
+  with the official annotation JSONs (penghao-wu/vstar) anywhere under the folder, a row whose image path
+  has an annotation's stem gets the crop around its boxes (``evidence_crop``; ``--views full,crop``);
 - ``zoombench``: inclusionAI/ZoomBench parquet: ``id``, ``query``, ``response``, ``image``, ``crop_image`` (nullable);
 - ``hrbench-4k`` / ``hrbench-8k``: DreamMr/HR-Bench ``hr_bench_{4k,8k}.parquet``: ``index``, ``question``, ``A``-``D``,
   ``answer``, ``category``, ``cycle_category``, ``image`` (a base64 JPEG string);
@@ -210,6 +212,7 @@ def read_benchmark(name: str, data: str | Path, *, batch_rows: int = 32) -> Iter
     import pyarrow.parquet as pq
 
     fmt = FORMATS[name]
+    boxes = vstar_boxes(Path(data) if Path(data).is_dir() else Path(data).parent) if name == "vstar" else {}
     for path in files:
         pf = pq.ParquetFile(path)
         have = set(pf.schema_arrow.names)
@@ -221,11 +224,52 @@ def read_benchmark(name: str, data: str | Path, *, batch_rows: int = 32) -> Iter
         i = 0
         for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
             for row in batch.to_pylist():
-                yield _record(name, fmt, row, f"{path}:{i}")
+                yield _record(name, fmt, row, f"{path}:{i}", boxes)
                 i += 1
 
 
-def _record(name, fmt, row, where) -> BenchRecord | BadRow:
+def vstar_boxes(root: Path) -> dict[str, list]:
+    """V*'s evidence boxes from the official annotation JSONs (penghao-wu/vstar: one ``<image stem>.json``
+    with ``bbox`` = [[x, y, w, h], ...] per image) anywhere under ``root``: image stem -> boxes."""
+    import json
+
+    out = {}
+    for path in sorted(root.rglob("*.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            continue  # not an annotation (the download's own metadata files)
+        if isinstance(meta, dict) and "bbox" in meta:
+            out[path.stem] = meta["bbox"]
+    return out
+
+
+def evidence_crop(image: bytes, boxes, *, margin: float = 0.5, min_size: int = 224) -> bytes:
+    """The crop around the union of ``boxes`` ([x, y, w, h] each), with the training crop's margin and
+    minimum size (``data.views.crop_box``), as PNG bytes."""
+    from PIL import Image
+
+    from megatron_vopd.data.views import crop_box
+
+    try:
+        xywh = [[float(v) for v in b] for b in boxes]
+        if not xywh or any(len(b) != 4 or b[2] <= 0 or b[3] <= 0 for b in xywh):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"bbox: {boxes!r} is not a list of [x, y, w, h] with w, h > 0") from None
+    with Image.open(io.BytesIO(image)) as im:
+        w, h = im.size
+        union = (min(b[0] for b in xywh), min(b[1] for b in xywh), max(b[0] + b[2] for b in xywh),
+                 max(b[1] + b[3] for b in xywh))
+        if union[0] < 0 or union[1] < 0 or union[2] > w + 1 or union[3] > h + 1:
+            raise ValueError(f"bbox: {boxes!r} lies outside the {w}x{h} image")
+        buf = io.BytesIO()
+        im.convert("RGB").crop(crop_box([round(v) for v in union], (w, h), margin=margin, min_size=min_size,
+                                        border=0)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _record(name, fmt, row, where, boxes=None) -> BenchRecord | BadRow:
     try:
         uid, query, gt, column, meta = fmt.row(row, name)
         if not gt:
@@ -238,6 +282,9 @@ def _record(name, fmt, row, where) -> BenchRecord | BadRow:
                                                   else row["crop_image"]):
             crop = image_bytes(row["crop_image"], "crop_image")
             check_image(crop, "crop_image")
+        stem = Path(str((row.get("image") or {}).get("path") or "")).stem if isinstance(row.get("image"), dict) else ""
+        if boxes and stem in boxes:  # V* with its official annotations beside the parquet
+            crop = evidence_crop(image, boxes[stem])
     except (ValueError, KeyError, TypeError) as e:
         return BadRow(where, str(e))
     return BenchRecord(name, uid, query, gt, image, where, crop, meta)
