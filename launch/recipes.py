@@ -88,9 +88,8 @@ def _demo_stages(overrides: list[str], out: str, procs: int, scenes: int, eval_s
     synth = ("data", "synth", "--out", data, "--size", str(DEMO_SIZE), "--answer-format", "color")
     common = [f"data.train_file={data}/train.jsonl", f"data.eval_file={data}/eval.jsonl",
               f"parallel.tensor_model_parallel_size={procs}"]
-    warmup = [*common, f"checkpoint.dir={out}/warmup", f"logging.jsonl_path={out}/warmup/metrics.jsonl"]
-    opd = [*common, f"checkpoint.dir={out}/opd", f"checkpoint.load={out}/warmup",
-           f"logging.jsonl_path={out}/opd/metrics.jsonl", f"logging.tensorboard_dir={out}/opd/tensorboard"]
+    warmup = [*common, f"checkpoint.dir={out}/warmup"]  # metrics.jsonl (and the recipe's tensorboard): under it
+    opd = [*common, f"checkpoint.dir={out}/opd", f"checkpoint.load={out}/warmup"]
     return [
         Stage("data-train", CLI, (*synth, "--n", str(scenes))),
         Stage("data-eval", CLI, (*synth, "--n", str(eval_scenes), "--jsonl-name", "eval.jsonl",

@@ -201,11 +201,12 @@ class CheckpointConfig:
 
 @dataclass
 class LoggingConfig:
-    """Metrics sinks."""
+    """Metrics sinks. A relative path is under checkpoint.dir (so runs of different checkpoint.dir never
+    write into each other's files); an absolute one is used as it is."""
 
     log_interval: int = 1  # steps between metric lines
-    tensorboard_dir: str | None = None  # TensorBoard event directory; None = off
-    jsonl_path: str | None = None  # one JSON object per logged step; None = off
+    tensorboard_dir: str | None = None  # TensorBoard event directory (e.g. "tensorboard"); None = off
+    jsonl_path: str | None = "metrics.jsonl"  # one JSON object per logged step; None = off
     wandb_project: str | None = None  # Weights & Biases project; None = off
     wandb_run_name: str | None = None  # Weights & Biases run name; None = generated
 
@@ -630,7 +631,7 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(s.is_clip > 0, f"distill.is_clip={s.is_clip} must be > 0")
     check(0 < s.ema_rate <= 1, f"distill.ema_rate={s.ema_rate} must be in (0, 1]")
     check(s.crop_anchor_weight >= 0, f"distill.crop_anchor_weight={s.crop_anchor_weight} must be >= 0")
-    positive(s, "distill", "loss_chunk_tokens")
+    positive(s, "distill", "loss_chunk_tokens", "teacher_logit_tokens")
 
     # optimiser
     o = cfg.optimizer
@@ -657,6 +658,9 @@ def validate(cfg: VopdConfig, *, world_size: int | None = None, te_available: bo
     check(c.keep_last is None or c.keep_last >= 1, f"checkpoint.keep_last={c.keep_last} must be >= 1 or null")
     check(cfg.logging.log_interval >= 1, f"logging.log_interval={cfg.logging.log_interval} must be >= 1")
     check(cfg.seed >= 0, f"seed={cfg.seed} must be >= 0")
+    check(r.seed >= 0, f"rollout.seed={r.seed} must be >= 0")
+    check(cfg.eval_interval >= 0, f"eval_interval={cfg.eval_interval} must be >= 0 (0 = only before the first "
+                                  "and after the last step)")
 
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))

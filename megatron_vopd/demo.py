@@ -71,12 +71,11 @@ def run_demo(out: str = "outputs/demo", warmup_steps: int | None = None, opd_ste
     held_out = synthesize(data, EVAL_SCENES, SEED, size=SIZE, answer_format="color", jsonl_name="eval.jsonl",
                           start=EVAL_START)
     common = [f"data.train_file={train}", f"data.eval_file={held_out}", *family]
-    warm = [*common, f"checkpoint.dir={root / 'warmup'}", f"logging.jsonl_path={root / 'warmup' / 'metrics.jsonl'}"]
+    warm = [*common, f"checkpoint.dir={root / 'warmup'}"]  # metrics.jsonl: under checkpoint.dir
     if warmup_steps:
         warm.append(f"optimizer.train_steps={warmup_steps}")
     t_warm = _stage("(a) warm-up: supervised on crops only (labels used here only)", WARMUP_RECIPE, warm)
-    opd = [*common, f"checkpoint.dir={root / 'opd'}", f"checkpoint.load={root / 'warmup'}",
-           f"logging.jsonl_path={root / 'opd' / 'metrics.jsonl'}"]
+    opd = [*common, f"checkpoint.dir={root / 'opd'}", f"checkpoint.load={root / 'warmup'}"]
     if opd_steps:
         opd.append(f"optimizer.train_steps={opd_steps}")
     t_opd = _stage("(b) eval, (c) Vision-OPD without labels, (d) eval", OPD_RECIPE, opd)

@@ -267,6 +267,9 @@ def test_world_size_not_divisible():
     ("rollout.max_tokens=2048", r"rollout\.max_tokens=2048 must be <= data\.max_response_length"),
     ("optimizer.micro_batch_tokens=4096", r"optimizer\.micro_batch_tokens=4096 must hold one full sequence"),
     ("optimizer.grad_bucket_size=0", r"optimizer\.grad_bucket_size=0 must be > 0 or null"),
+    ("distill.teacher_logit_tokens=0", r"distill\.teacher_logit_tokens=0 must be > 0"),
+    ("eval_interval=-3", r"eval_interval=-3 must be >= 0"),
+    ("rollout.seed=-1", r"rollout\.seed=-1 must be >= 0"),
     ("optimizer.grad_bucket_size=1000000", r"optimizer\.grad_bucket_size=1000000 has no effect without "
                                            r"optimizer\.overlap_grad_reduce=true"),
 ])

@@ -112,3 +112,23 @@ def test_disabled_writes_nothing(tmp_path, capsys):
     logger.close()
     assert list(tmp_path.iterdir()) == []
     assert capsys.readouterr().out == ""
+
+
+def test_relative_logging_paths_follow_checkpoint_dir(tmp_path):
+    """The demo recipe's relative paths land under each run's checkpoint.dir: a second run with another
+    checkpoint.dir never appends to the first one's metrics or TensorBoard folder."""
+    from megatron_vopd.config import load_config
+
+    files = {}
+    for run in ("run1", "run2"):
+        cfg = load_config("configs/demo.yaml", [f"checkpoint.dir={tmp_path / run}"])
+        logger = MetricsLogger(cfg.logging, total_steps=1, root=cfg.checkpoint.dir)
+        logger.log(1, {"loss": 0.5})
+        logger.close()
+        files[run] = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        assert any((tmp_path / run / "tensorboard").iterdir())
+    assert len(files["run1"]) == len(files["run2"]) == 1
+    absolute = MetricsLogger(LoggingConfig(jsonl_path=str(tmp_path / "abs.jsonl")), total_steps=1, root="elsewhere")
+    absolute.log(1, {"loss": 0.5})
+    absolute.close()
+    assert (tmp_path / "abs.jsonl").is_file()

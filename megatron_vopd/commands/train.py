@@ -1,6 +1,7 @@
 """``vopd train RECIPE [key.sub=value ...] [--nproc N]``: train on this machine under torchrun.
 
-The recipe is validated here first (errors name the key), then the process becomes
+The recipe is validated here first (errors name the key), and its files are checked (the data files
+exist; ``checkpoint.load`` holds the recipe's model: ``train/preflight.py``), then the process becomes
 ``torchrun --standalone --nproc-per-node N -m megatron_vopd.train.trainer RECIPE ...`` (exec, so
 Ctrl-C and SIGTERM reach the workers). N defaults to TP x PP (one data-parallel replica). On a
 cluster the same trainer module runs under the launcher's torchrun (launch/, docker/).
@@ -24,6 +25,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from megatron_vopd.config import ConfigError, load_config, validate
     from megatron_vopd.runtime.torchrun import threads_per_process, torchrun_command
+    from megatron_vopd.train.preflight import preflight
 
     try:
         cfg = load_config(args.recipe, args.overrides)
@@ -31,6 +33,9 @@ def run(args) -> int:
         nproc = args.nproc or p.tensor_model_parallel_size * p.pipeline_model_parallel_size
         cmd = torchrun_command(nproc, "megatron_vopd.train.trainer", args.recipe, *args.overrides)
         validate(cfg, world_size=nproc)
+        problems = preflight(cfg)
+        if problems:
+            raise ConfigError("the run cannot start:\n  " + "\n  ".join(problems))
     except (ConfigError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,7 @@ Only the logging rank builds an enabled logger; elsewhere ``enabled=False`` make
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -89,7 +90,11 @@ class MetricsLogger:
     """Writes metrics every `cfg.log_interval` steps (and at the last step) to the configured sinks."""
 
     def __init__(self, cfg: LoggingConfig, *, total_steps: int, enabled: bool = True,
-                 run_config: dict | None = None, resume_step: int = 0):
+                 run_config: dict | None = None, resume_step: int = 0, root: str | None = None):
+        """``root`` (checkpoint.dir): where relative ``jsonl_path`` / ``tensorboard_dir`` lie."""
+        if root is not None:
+            under = lambda p: p if p is None or os.path.isabs(p) else os.path.join(root, p)  # noqa: E731
+            cfg = dataclasses.replace(cfg, jsonl_path=under(cfg.jsonl_path), tensorboard_dir=under(cfg.tensorboard_dir))
         self.cfg, self.total_steps, self.enabled = cfg, total_steps, enabled
         self._jsonl = self._tb = self._wandb = None
         if not enabled:

@@ -37,7 +37,7 @@ import torch.distributed as dist
 
 from megatron_vopd.architecture import architecture
 from megatron_vopd.bridge.megatron_ckpt import load_model
-from megatron_vopd.config import VopdConfig, load_config, to_dict, validate
+from megatron_vopd.config import ConfigError, VopdConfig, load_config, to_dict, validate
 from megatron_vopd.data.loader import PromptLoader, load_records
 from megatron_vopd.data.tokenizer import load_tokenizer
 from megatron_vopd.distill.teacher import Teacher
@@ -52,6 +52,7 @@ from megatron_vopd.train.checkpoint import latest_checkpoint, load_checkpoint, s
 from megatron_vopd.train.metrics import MetricsLogger
 from megatron_vopd.train.objectives import build_objective
 from megatron_vopd.train.optim import build_optimizer
+from megatron_vopd.train.preflight import preflight
 from megatron_vopd.train.sequences import micro_batches, share_of_prompts, view_sequences
 
 _log = log_rank0
@@ -212,7 +213,7 @@ class Trainer:
     def fit(self) -> list[dict]:
         cfg, total = self.cfg, self.cfg.optimizer.train_steps
         logger = MetricsLogger(cfg.logging, total_steps=total, enabled=self.rank0, run_config=to_dict(cfg),
-                               resume_step=self.step)
+                               resume_step=self.step, root=cfg.checkpoint.dir)
         history = []
         opd = self.objective.needs_engine
         if opd and self.step < total:
@@ -250,10 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print(__doc__)
         return 2
-    from megatron_vopd.config import ConfigError
-
     try:
         cfg = load_config(argv[0], argv[1:])
+        problems = preflight(cfg)  # the files, before any process group, model or engine
+        if problems:
+            raise ConfigError("the run cannot start:\n  " + "\n  ".join(problems))
     except (ConfigError, FileNotFoundError) as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
