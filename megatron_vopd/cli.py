@@ -1,5 +1,8 @@
 """The ``vopd`` command. Each subcommand lives in its own module; this file only dispatches.
 
+Exit codes, every subcommand: 0 done; 1 the work ran and failed (no valid data row, nothing fits in
+``vopd plan``, a failed check); 2 bad usage or input, found before any work started.
+
     vopd demo                 the demo: crop warm-up, eval, Vision-OPD, eval, on CPU (demo.py)
     vopd config [RECIPE] [key.sub=value ...]   print a recipe resolved with overrides, validated
     vopd data synth|prepare   synthetic fine-grained data; raw Vision-OPD-6K -> parquet (commands/data.py)
@@ -40,9 +43,19 @@ def _cmd_demo(args) -> int:
         return 2
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("megatron-vopd")
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vopd", description="Vision-OPD on Megatron-Core: on-policy "
                                      "self-distillation of Qwen-VL models (student: full image, teacher: evidence crop).")
+    parser.add_argument("--version", action="version", version=f"vopd {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("demo", help="run the CPU demo: crop warm-up, eval, Vision-OPD, eval (tiny Qwen2.5-VL)")
     p.add_argument("--out", default="outputs/demo", help="output directory (replaced)")
@@ -76,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+    if not getattr(args, "func", None):  # no subcommand: usage error, as argparse's own (exit code 2)
+        parser.print_help(sys.stderr)
+        return 2
     return args.func(args)
 
 

@@ -113,6 +113,22 @@ def write_model_config(folder: Path, model_cfg: ModelConfig) -> None:
     (Path(folder) / MODEL_CONFIG).write_text(yaml.safe_dump(to_dict(model_cfg), sort_keys=False))
 
 
+def model_checkpoint(path: str | Path) -> Path:
+    """The checkpoint folder ``path`` names: itself, or a training run's latest (the one its ``latest``
+    file names, else its last ``iter_*``)."""
+    path = Path(path)
+    if (path / MODEL_CONFIG).is_file():
+        return path
+    tracker = path / "latest"  # train.checkpoint's tracker file
+    if tracker.is_file() and (path / tracker.read_text().strip() / MODEL_CONFIG).is_file():
+        return path / tracker.read_text().strip()
+    found = [d for _, d in iteration_folders(path) if (d / MODEL_CONFIG).is_file()] if path.is_dir() else []
+    if not found:
+        raise FileNotFoundError(f"{path}: neither a megatron-vopd checkpoint ({MODEL_CONFIG}) nor a training run "
+                                "holding iter_* checkpoints")
+    return found[-1]
+
+
 def read_model_config(ckpt: str | Path) -> ModelConfig:
     path = Path(ckpt) / MODEL_CONFIG
     if not path.is_file():
@@ -129,6 +145,8 @@ def require_dist_checkpoint(ckpt: str | Path) -> Path:
 
 # A half-precision training run stores its fp32 master weights under this prefix + the weight's key.
 MASTER_PREFIX = "optimizer.state.fp32_param."
+# A training run with a teacher copy (distill.teacher ema or fixed) stores it under this prefix + the key.
+TEACHER_PREFIX = "teacher."
 
 
 def retarget(sh, *, key: str | None = None, data=None):
@@ -173,15 +191,38 @@ def weights_request(sharded: dict, stored_keys, shared_reads=()) -> dict:
     return {k: from_master(v) if MASTER_PREFIX + v.key in stored_keys else v for k, v in sharded.items()}
 
 
-def load_model(model, ckpt: str | Path) -> None:
+def teacher_request(sharded: dict, stored_keys, ckpt: Path) -> dict:
+    """The model's sharded state dict read from a training checkpoint's teacher copy (``teacher.<key>``,
+    in the dtype it was stored in: the EMA's fp32 copy where it kept one)."""
+    import torch
+
+    if not any(k.startswith(TEACHER_PREFIX) for k in stored_keys):
+        raise KeyError(f"{ckpt}: holds no teacher copy (runs with distill.teacher=current, and crop_sft runs, "
+                       "train one set of weights): export the student")
+
+    def from_teacher(v):
+        if getattr(v, "data", None) is None:  # a sharded object (layer extra state): only its key moves
+            return retarget(v, key=TEACHER_PREFIX + v.key)
+        meta = stored_keys.get(TEACHER_PREFIX + v.key) if hasattr(stored_keys, "get") else None
+        dtype = getattr(meta, "dtype", None) or v.data.dtype
+        return retarget(v, key=TEACHER_PREFIX + v.key, data=torch.empty_like(v.data, dtype=dtype))
+
+    return {k: from_teacher(v) for k, v in sharded.items()}
+
+
+def load_model(model, ckpt: str | Path, *, weights: str = "student") -> None:
     """Collective: load the weights in ``ckpt`` into the model, whatever layout and dtype wrote them.
     ``ckpt`` may also be a training checkpoint (``megatron_vopd.train.checkpoint``): its weights are
-    read from the fp32 masters when it holds them, its other contents are ignored."""
+    read from the fp32 masters when it holds them, its other contents are ignored; ``weights="teacher"``
+    reads its EMA/fixed teacher copy instead (KeyError when it has none)."""
     from megatron.core import dist_checkpointing
 
     ckpt = require_dist_checkpoint(ckpt)
     sharded = model.sharded_state_dict()
-    request = weights_request(sharded, dist_checkpointing.load_tensors_metadata(str(ckpt)))
+    stored = dist_checkpointing.load_tensors_metadata(str(ckpt))
+    if weights not in ("student", "teacher"):
+        raise ValueError(f"weights={weights!r}: 'student' or 'teacher'")
+    request = teacher_request(sharded, stored, ckpt) if weights == "teacher" else weights_request(sharded, stored)
     state = dist_checkpointing.load(request, str(ckpt), strict="assume_ok_unexpected")
     apply_model_state(model, {k: v for k, v in state.items() if k in sharded}, ckpt)
 

@@ -24,7 +24,10 @@ def register(sub) -> None:
     a = conv.add_parser("hf-to-megatron", help="HF folder -> Megatron distributed checkpoint (loads at any TP/PP)")
     a.add_argument("--hf", required=True, help="Hugging Face checkpoint folder (config.json + safetensors)")
     b = conv.add_parser("megatron-to-hf", help="Megatron checkpoint -> HF folder (transformers and vLLM load it)")
-    b.add_argument("--ckpt", required=True, help="Megatron checkpoint folder written by vopd")
+    b.add_argument("--ckpt", required=True,
+                   help="Megatron checkpoint folder written by vopd, or a training run (its latest checkpoint)")
+    b.add_argument("--weights", choices=("student", "teacher"), default="student",
+                   help="student: the trained model (default); teacher: a training checkpoint's EMA/fixed teacher copy")
     b.add_argument("--shard-size-gb", type=float, default=2.0, help="max size of one safetensors shard")
     for q in (a, b):
         q.add_argument("--out", required=True, help="output folder (refused if it holds files, unless --overwrite)")
@@ -70,7 +73,8 @@ def run(args) -> int:
         if args.direction == "hf-to-megatron":
             hf_to_megatron(args.hf, args.out, args.tp, args.pp, args.overwrite)
         else:
-            out = megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite, int(args.shard_size_gb * 1024**3))
+            out = megatron_to_hf(args.ckpt, args.out, args.tp, args.pp, args.overwrite, int(args.shard_size_gb * 1024**3),
+                                 weights=args.weights)
             add_processor_files(out)
     except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

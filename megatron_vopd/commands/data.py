@@ -57,7 +57,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                  description="Data tools: raw Vision-OPD-6K layout -> validated parquet; "
                                              "synthetic fine-grained scenes in the same layout.")
     sub = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
-    data.set_defaults(func=lambda args: (data.print_help(), 0)[1])
+    data.set_defaults(func=lambda args: (data.print_help(sys.stderr), 2)[1])  # no subcommand: usage error
 
     p = sub.add_parser("prepare", help="validate a raw Vision-OPD-6K directory and write one parquet file")
     p.add_argument("--src", required=True, help="dataset directory (train.jsonl, images/, teacher_images/, ...)")

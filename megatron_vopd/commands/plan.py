@@ -74,7 +74,7 @@ def run(args) -> int:
           f"{'distributed over DP' if distributed else 'not distributed'}):")
     print(format_table(layouts))
     print("\n" + verdict(cfg, layouts, args))
-    return 0
+    return 0 if fitting else 1  # nothing fits: the plan is a failure the caller (a script) must see
 
 
 def verdict(cfg, layouts, args) -> str:

@@ -31,7 +31,7 @@ SOURCE = "vopd-synth"
 HINT = "Only focus on the objects inside the red bounding box in the image to answer this question."  # as Vision-OPD-6K
 INSTRUCTION = "Answer with the option's letter from the given choices."  # answer_format="letter" (as Vision-OPD-6K)
 # answer_format="sentence": a short sentence naming the colour, then the letter, so that a response is
-# several tokens and on-policy sampling matters (VISION_OPD.md, miniature findings).
+# several tokens and on-policy sampling matters (docs/method.md, "What a small model shows").
 SENTENCE_INSTRUCTION = "Name the color, then give the option's letter, as in: The color is X. The answer is Y."
 # answer_format="color": a short sentence naming the colour ("The color is blue."); the chosen option is
 # the one whose text the answer names (eval.parse_choice matches option texts when no letter is given).

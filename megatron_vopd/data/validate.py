@@ -1,6 +1,6 @@
 """Validation of one raw Vision-OPD-6K row (a ``train.jsonl`` line) into a ``Record``.
 
-A raw row (see VISION_OPD.md) is a JSON object with ``images`` ([path] of the full image with the red
+A raw row (see docs/method.md, "Data") is a JSON object with ``images`` ([path] of the full image with the red
 box), ``teacher_images`` ([path] of the crop, optional), ``original_images`` ([path], optional),
 ``bbox`` ([x1, y1, x2, y2] integer pixels), ``problem`` (``<image>\\n{question}\\n\\n...\\n\\nA. ...\\nB. ...``),
 ``answer`` (a letter A-D), ``extra_info`` ({answer, question}, optional) and optionally

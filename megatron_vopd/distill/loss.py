@@ -4,7 +4,7 @@ This is the plain, readable definition (every position holds the full ``[V]`` lo
 path with vocabulary-sharded logits and token chunking, which must agree with it, is
 :mod:`megatron_vopd.distill.vocab_parallel`.
 
-Math (VISION_OPD.md, "Loss"). At each response position, with temperature T::
+Math (docs/method.md, "Loss"). At each response position, with temperature T::
 
     s = log_softmax(student / T),  t = log_softmax(teacher / T)         over the FULL vocabulary
     top_k = k:    K = the student's k most likely ids; both distributions become k + 1 buckets,
@@ -18,7 +18,7 @@ The endpoints are definitions, not limits of the mixture formula: as alpha -> 0 
 tends to 0 (like alpha * KL(T||S)); it is JSD_alpha / alpha that tends to the forward KL. This is the
 convention of TRL's ``GKDTrainer.generalized_jsd_loss`` (its ``beta`` is our ``alpha``: mixture
 ``(1-beta) S + beta T``, ``beta * KL(T||M) + (1-beta) KL(S||M)``, ``beta == 0`` -> ``kl_div(s, t)`` =
-KL(T||S), ``beta == 1`` -> KL(S||T)), and the one VISION_OPD.md states.
+KL(T||S), ``beta == 1`` -> KL(S||T)), and the one docs/method.md states.
 
 The teacher is always detached; the gradient flows through the student only (also through M and the
 tail bucket). The support K is chosen on detached student logits (selection has no gradient).

@@ -2,7 +2,7 @@
 what differs between modes is only which weights it runs with (always forward-only, no gradient):
 
 * ``current``: the student's own weights, as they are now (no copy). With a live same-weights
-  teacher "answer the same thing for both views" is a zero-loss fixed point (VISION_OPD.md).
+  teacher "answer the same thing for both views" is a zero-loss fixed point (docs/method.md).
 * ``ema`` (default, the reference's released setting): a copy initialised from the student and,
   after every optimiser step, moved toward it: theta_T <- (1 - rate) theta_T + rate theta_S.
 * ``fixed``: a frozen copy of the starting weights.

@@ -20,7 +20,7 @@ from megatron_vopd.bridge.distribution import load_sharded, local_parameters
 from megatron_vopd.bridge.export import save_hf_weights
 from megatron_vopd.bridge.hf_config import read_hf_config
 from megatron_vopd.bridge.hf_io import HFCheckpoint
-from megatron_vopd.bridge.megatron_ckpt import load_model, prepare_output_dir, read_model_config, save_model
+from megatron_vopd.bridge.megatron_ckpt import load_model, model_checkpoint, prepare_output_dir, read_model_config, save_model
 from megatron_vopd.bridge.table import MappingTable
 from megatron_vopd.config import ConfigError, DataConfig, ParallelConfig, validate, VopdConfig
 from megatron_vopd.runtime.distributed import log_rank0
@@ -104,7 +104,7 @@ def preflight_hf_to_megatron(hf_dir: str, out: str, tp: int, pp: int, overwrite:
 
 
 def preflight_megatron_to_hf(ckpt_dir: str, out: str, tp: int, pp: int, overwrite: bool):
-    cfg = _runnable_here(read_model_config(ckpt_dir))
+    cfg = _runnable_here(read_model_config(model_checkpoint(ckpt_dir)))
     check_layout(cfg, tp, pp)
     return cfg, prepare_output_dir(out, overwrite)
 
@@ -132,16 +132,19 @@ def hf_to_megatron(hf_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: b
 
 
 def megatron_to_hf(ckpt_dir: str, out: str, tp: int = 1, pp: int = 1, overwrite: bool = False,
-                   shard_bytes: int = 2 * 1024**3) -> Path:
+                   shard_bytes: int = 2 * 1024**3, weights: str = "student") -> Path:
+    """Export a checkpoint (or a training run's latest) as a Hugging Face folder: the student's weights,
+    or with ``weights="teacher"`` a training checkpoint's EMA/fixed teacher copy."""
     from megatron_vopd.runtime import init_distributed
 
     t0 = time.time()
     cfg, out_path = preflight_megatron_to_hf(ckpt_dir, out, tp, pp, overwrite)
+    ckpt_dir = str(model_checkpoint(ckpt_dir))
     init_distributed(tp, pp)
     model = architecture(cfg.arch).build_model(cfg, ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
                         init_weights=False)
-    load_model(model, ckpt_dir)
-    _log(f"{ckpt_dir} -> Hugging Face folder {out}")
+    load_model(model, ckpt_dir, weights=weights)
+    _log(f"{ckpt_dir} ({weights} weights) -> Hugging Face folder {out}")
     table = MappingTable.for_config(cfg)
     rank0 = dist.get_rank() == 0
     tmp = out_path.with_name(out_path.name + ".tmp")

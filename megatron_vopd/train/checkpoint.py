@@ -41,12 +41,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, apply_model_state, iteration_folders, iteration_name,
+from megatron_vopd.bridge.megatron_ckpt import (MASTER_PREFIX, TEACHER_PREFIX, apply_model_state, iteration_folders, iteration_name,
                                                 reads, require_dist_checkpoint, retarget, weights_request,
                                                 write_atomically, write_model_config)
 
 TRACKER = "latest"
-TEACHER_PREFIX = "teacher."
 _DIST_OPT_MASTER_PREFIX = "optimizer.state.param."  # the distributed optimizer's name for the masters
 log = logging.getLogger(__name__)
 

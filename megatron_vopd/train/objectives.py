@@ -175,7 +175,7 @@ class VisionOPD:
         if metrics["loss"] < self.distill.collapse_loss and metrics["answer_entropy"] < 0.5:
             return (f"loss {metrics['loss']:.2e} while the answers barely vary (entropy {metrics['answer_entropy']:.2f} "
                     "nats): the student and teacher may have collapsed to an image-independent answer (see "
-                    "VISION_OPD.md; use distill.teacher=ema and a crop anchor)")
+                    "docs/method.md; use distill.teacher=ema and a crop anchor)")
         return None
 
 
