@@ -8,6 +8,8 @@ import subprocess
 import sys
 from importlib.metadata import version
 
+import pytest
+
 from megatron_vopd.cli import main
 from megatron_vopd.runtime.torchrun import ROOT
 
@@ -34,3 +36,19 @@ def test_plan_exits_1_when_nothing_fits(capsys):
     assert main(["plan", "--recipe", "qwen3-vl-8b", "--nodes", "1", "--gpu-gib", "40"]) == 1
     assert "does NOT fit" in capsys.readouterr().out
     assert main(["plan", "--recipe", "qwen3-vl-8b", "--nodes", "1"]) == 0
+
+
+@pytest.mark.slow
+def test_a_conversion_prints_only_its_own_lines(tmp_path):
+    """No library warning the user cannot act on: every line of both conversions (one under torchrun) is ours."""
+    from tests.hf_models import save_tiny_qwen25_vl
+
+    hf = save_tiny_qwen25_vl(tmp_path / "hf")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    for args in (["hf-to-megatron", "--hf", str(hf), "--out", str(tmp_path / "mg"), "--tp", "2"],
+                 ["megatron-to-hf", "--ckpt", str(tmp_path / "mg"), "--out", str(tmp_path / "back")]):
+        proc = subprocess.run([sys.executable, "-m", "megatron_vopd.cli", "convert", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300)
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+        assert all(line.startswith("[convert]") for line in lines), lines

@@ -62,11 +62,12 @@ def run(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if world > 1 and "RANK" not in os.environ:
-        from megatron_vopd.runtime.torchrun import torchrun_command
+        from megatron_vopd.runtime.torchrun import threads_per_process, torchrun_command
 
         cmd = torchrun_command(world, "megatron_vopd.cli", *args.argv)
         print(f"[convert] launching {world} processes: torchrun --nproc-per-node {world} ...", flush=True)
-        return subprocess.call(cmd)
+        # OMP_NUM_THREADS set: torchrun's banner about setting it has nothing for the user to do
+        return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS": threads_per_process(world)})
     from megatron_vopd.runtime import destroy_distributed
 
     try:
