@@ -110,10 +110,25 @@ def test_cli_prepare_strict_stops_and_names_the_line(tmp_path, capsys, synth_dir
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert vopd("data", "prepare", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")) == 1
+    assert vopd("data", "prepare", "--src", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x.parquet")) == 2
     assert "no such file" in capsys.readouterr().err
-    assert vopd("data", "synth", "--out", str(tmp_path / "s"), "--n", "0") == 1
-    assert vopd("data") == 0  # prints help
+    assert vopd("data", "synth", "--out", str(tmp_path / "s"), "--n", "0") == 2
+    assert vopd("data") == 2  # a usage error: the help goes to stderr
+    assert "usage: vopd data" in capsys.readouterr().err
+
+
+def test_a_bom_keeps_the_first_row_and_a_prepare_without_valid_rows_writes_nothing(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    synthesize(raw, 2, seed=0, size=96)
+    jsonl = raw / "train.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + jsonl.read_bytes())  # saved by an editor that writes a UTF-8 BOM
+    assert vopd("data", "prepare", "--src", str(raw), "--out", str(tmp_path / "o.parquet"), "--workers", "1") == 0
+    out = capsys.readouterr().out
+    assert "rows written:  2" in out and "rows rejected: 0" in out
+    jsonl.write_text(jsonl.read_text(encoding="utf-8-sig").replace('"answer": "', '"answer": "X'))
+    assert vopd("data", "prepare", "--src", str(raw), "--out", str(tmp_path / "bad.parquet"), "--workers", "1") == 1
+    assert "no valid row" in capsys.readouterr().err
+    assert not (tmp_path / "bad.parquet").exists() and not list(tmp_path.glob("bad.parquet*"))
 
 
 def test_cli_synth_writes_a_disjoint_held_out_split_in_the_demo_format(tmp_path):

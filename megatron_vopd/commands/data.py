@@ -4,8 +4,8 @@
     vopd data synth --out DIR --n N --seed S [--size 448] ...
 
 Handlers return an exit code: 0 success (prepare: also when rows were rejected; they are listed in the
-rejects file and the summary), 1 when the run failed (a bad row under ``--strict``, no input, no
-valid row).
+rejects file and the summary), 1 when the run failed (a bad row under ``--strict``, no valid row: then
+nothing is written), 2 bad usage or input found before any row was read (no such ``--src``, ``--n 0``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def _cmd_prepare(args) -> int:
         return 1
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
     print(summary.format())
     if summary.rows_written == 0:
         print("error: no valid row", file=sys.stderr)
@@ -42,7 +42,7 @@ def _cmd_synth(args) -> int:
 
     if args.n < 1 or args.size < 32:
         print(f"error: need --n >= 1 and --size >= 32 (got --n {args.n}, --size {args.size})", file=sys.stderr)
-        return 1
+        return 2
     path = synthesize(args.out, args.n, args.seed, size=args.size, crop_margin=args.crop_margin,
                       min_crop_size=args.min_crop_size, num_distractors=args.distractors,
                       answer_format=args.answer_format, jsonl_name=args.jsonl_name, start=args.start, log=print)

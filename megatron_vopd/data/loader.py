@@ -88,7 +88,7 @@ def load_records(path: str | Path) -> tuple[list[Record], dict[str, str]]:
     if path.suffix == ".jsonl":
         from megatron_vopd.data.validate import validate_line
 
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             records = [validate_line(t, file=path, line=i, root=path.parent, check_images="header")
                        for i, t in enumerate(f, start=1) if t.strip()]
         return records, {"image_root": str(path.parent)}

@@ -74,7 +74,7 @@ def _check(job: tuple) -> Record | DataError:
 
 
 def _jobs(jsonl: Path, root: Path, source: str, check_images: str, summary: PrepareSummary) -> Iterator[tuple]:
-    with open(jsonl, encoding="utf-8", errors="surrogateescape") as f:
+    with open(jsonl, encoding="utf-8-sig", errors="surrogateescape") as f:
         for number, text in enumerate(f, start=1):
             if not text.strip():
                 summary.blank_lines += 1
@@ -128,7 +128,10 @@ def prepare(src: str | Path, out: str | Path, *, jsonl: str = "train.jsonl", str
             writer.write_table(to_table(batch))
             summary.rows_written += len(batch)
         writer.close()
-        os.replace(tmp, out)
+        if summary.rows_written:
+            os.replace(tmp, out)
+        else:  # no valid row: nothing is written (the summary and the exit code say why)
+            tmp.unlink(missing_ok=True)
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
