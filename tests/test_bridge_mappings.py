@@ -89,7 +89,7 @@ def test_tp_not_dividing_vocab_or_heads_is_named(cfg):
 
     odd = load_model_config("tiny-qwen2.5-vl")
     odd.vocab_size = 151937
-    with pytest.raises(ConfigError, match=r"tensor_model_parallel_size=2 does not divide model.vocab_size=151937"):
+    with pytest.raises(ConfigError, match=r"--tp 2 does not divide model.vocab_size=151937"):
         check_layout(odd, 2, 1)
     with pytest.raises(ConfigError, match="model.num_attention_heads"):
         check_layout(cfg, 3, 1)

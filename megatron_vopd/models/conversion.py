@@ -76,11 +76,17 @@ def check_hf_shapes(ckpt: HFCheckpoint, table: MappingTable, model, cfg) -> None
 
 
 def check_layout(cfg, tp: int, pp: int) -> None:
+    """ConfigError unless the model splits at TP x PP; the message names ``--tp`` / ``--pp`` (the options
+    of ``vopd convert``) where the recipe's keys would be ``parallel.*``."""
     full = VopdConfig(model=cfg, parallel=ParallelConfig(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp),
                       data=DataConfig(tokenizer=architecture(cfg.arch).tokenizer))
-    validate(full, world_size=tp * pp, te_available=False)
-    if cfg.vocab_size % tp:
-        raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide model.vocab_size={cfg.vocab_size}")
+    try:
+        validate(full, world_size=tp * pp, te_available=False)
+        if cfg.vocab_size % tp:
+            raise ConfigError(f"parallel.tensor_model_parallel_size={tp} does not divide model.vocab_size={cfg.vocab_size}")
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("parallel.tensor_model_parallel_size=", "--tp ")
+                          .replace("parallel.pipeline_model_parallel_size=", "--pp ")) from None
 
 
 def _runnable_here(cfg):
