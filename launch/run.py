@@ -3,12 +3,12 @@
     python -m launch.run --recipe demo --executor local                      # the tiny demo, 2 CPU processes
     python -m launch.run --recipe qwen2.5-vl-7b --executor slurm --nodes 1 --gpus-per-node 8 \\
         --image megatron-vopd:0.1.0-gpu --account ACC --partition batch \\
-        --mount /lustre/data:/data data.train_file=/data/train.parquet --dryrun
+        --mount /lustre/data:/data data.train_file=/data/train.parquet --dry-run
 
 Builds one NeMo-Run experiment whose tasks are the recipe's stages (launch/recipes.py), run one after
 another; ``key=value`` arguments override the training recipe. Every trainer stage's config is
 loaded and validated for nodes x gpus-per-node processes before anything starts or is submitted.
-``--dryrun`` prints what would run (the sbatch script, the docker container spec, the local
+``--dry-run`` prints what would run (the sbatch script, the docker container spec, the local
 command) and starts nothing. Exit status: 0 when every stage succeeded, 1 otherwise, 2 on bad input.
 """
 
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"demo: synthetic training scenes (default {DEMO_TRAIN_SCENES})")
     p.add_argument("--eval-scenes", type=int, default=DEMO_EVAL_SCENES,
                    help=f"demo: held-out scenes evaluated before and after (default {DEMO_EVAL_SCENES})")
-    p.add_argument("--dryrun", action="store_true", help="print what would run; start nothing")
+    p.add_argument("--dry-run", "--dryrun", dest="dryrun", action="store_true",
+                   help="print what would run; start nothing (the same option as vopd train --dry-run)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training recipe overrides")
     return p.parse_args(argv)
 

@@ -270,6 +270,21 @@ def apply_overrides(cfg: VopdConfig, overrides: Sequence[str]) -> VopdConfig:
     return cfg
 
 
+SCALEOUT_DIR = CONFIGS_DIR / "scaleout"  # the cluster recipes, named by file stem
+
+
+def resolve_recipe(name_or_path: str) -> Path:
+    """configs/scaleout/NAME.yaml for a bare name that exists there, else the path itself."""
+    named = SCALEOUT_DIR / f"{name_or_path}.yaml"
+    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")) and named.is_file():
+        return named
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    known = sorted(p.stem for p in SCALEOUT_DIR.glob("*.yaml"))
+    raise ConfigError(f"recipe {name_or_path!r} not found: neither {named} nor a file; known recipes: {known}")
+
+
 def load_model_config(name_or_path: str, base_dir: Path | None = None, source: str = "model") -> ModelConfig:
     """A model recipe: a name in configs/model/ (``tiny-qwen2.5-vl``) or a path to a YAML file.
 

@@ -52,3 +52,14 @@ def test_a_conversion_prints_only_its_own_lines(tmp_path):
         lines = (proc.stdout + proc.stderr).splitlines()
         assert proc.returncode == 0 and lines, proc.stderr[-3000:]
         assert all(line.startswith("[convert]") for line in lines), lines
+
+
+def test_train_takes_a_recipe_name_and_both_spellings_of_dry_run():
+    for flag in ("--dry-run", "--dryrun"):
+        proc = vopd("train", "configs/demo.yaml", "data.train_file=configs/demo.yaml", "data.eval_file=null",
+                    "checkpoint.load=null", flag)
+        assert proc.returncode == 0 and "-m torch.distributed.run" in proc.stdout, proc.stderr[-2000:]
+    proc = vopd("train", "qwen3.5-4b", "--dry-run")  # configs/scaleout/qwen3.5-4b.yaml, as vopd plan --recipe takes it
+    assert proc.returncode == 2 and "rollout.tensor_parallel_size=2" in proc.stderr  # its rollout TP: not on a CPU
+    proc = vopd("train", "no-such-recipe")
+    assert proc.returncode == 2 and "recipe 'no-such-recipe' not found" in proc.stderr

@@ -88,7 +88,7 @@ def test_docker_dryrun_has_torchrun_gpus_image_mounts_and_env(tmp_path):
 
 
 def test_local_dryrun_lists_the_demo_stages_in_the_runtime_env(tmp_path):
-    res = launch(tmp_path, "--recipe", "demo", "--executor", "local", "--out", "o", "--dryrun")
+    res = launch(tmp_path, "--recipe", "demo", "--executor", "local", "--out", "o", "--dry-run")  # or --dryrun
     assert res.returncode == 0, res.stderr[-4000:]
     assert re.findall(r"===== stage (\S+) \(local\)", res.stdout) == ["data-train", "data-eval", "warmup", "opd"]
     commands = [line for line in res.stdout.splitlines() if line.startswith("command: ")]

@@ -36,7 +36,8 @@ def register(sub) -> None:
                    help="Megatron checkpoint folder, or a run folder of iter_* checkpoints (repeatable)")
     p.add_argument("--data", help="eval parquet (vopd data prepare) or raw jsonl; default: data.eval_file")
     p.add_argument("--out", required=True, help="output folder: eval.json, eval.png, predictions, engine/")
-    p.add_argument("--config", help="recipe (e.g. configs/demo.yaml) for data.* and rollout.*; default: defaults")
+    p.add_argument("--config", help="recipe (e.g. configs/demo.yaml, or a scale-out recipe's name) for data.* and "
+                                    "rollout.*; default: defaults")
     p.add_argument("--max-tokens", type=int,
                    help="response tokens at most (default: rollout.max_tokens; with --benchmark 32768, the reference's)")
     p.add_argument("--limit", type=int, help="evaluate the first N records only")
@@ -89,10 +90,10 @@ def resolve_checkpoints(paths: list[str]) -> list[tuple[int, Path]]:
 def _load_inputs(args):
     """Config, checkpoints, model config, records and image root; EvalInputError/ConfigError on bad input."""
     from megatron_vopd.bridge.megatron_ckpt import read_model_config
-    from megatron_vopd.config import load_config, to_dict
+    from megatron_vopd.config import load_config, resolve_recipe, to_dict
     from megatron_vopd.data.loader import load_records
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(str(resolve_recipe(args.config)) if args.config else None, args.overrides)
     ckpts = resolve_checkpoints(args.ckpt)
     model_cfg = read_model_config(ckpts[0][1])
     for _, c in ckpts[1:]:

@@ -7,11 +7,8 @@ Pure arithmetic (megatron_vopd/plan.py): no GPU, no torch. A recipe name resolve
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from megatron_vopd.config import CONFIGS_DIR, ConfigError, load_config
-
-SCALEOUT_DIR = CONFIGS_DIR / "scaleout"
+from megatron_vopd.config import ConfigError, load_config, resolve_recipe
 
 
 def register(sub) -> None:
@@ -28,18 +25,6 @@ def register(sub) -> None:
                    help="plan with Megatron's distributed optimizer (fp32 masters and AdamW moments sharded over "
                         "data parallelism) even where the recipe's optimizer.distributed is false")
     p.set_defaults(func=run)
-
-
-def resolve_recipe(name_or_path: str) -> Path:
-    """configs/scaleout/NAME.yaml for a bare name that exists there, else the path itself."""
-    named = SCALEOUT_DIR / f"{name_or_path}.yaml"
-    if "/" not in name_or_path and not name_or_path.endswith((".yaml", ".yml")) and named.is_file():
-        return named
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    known = sorted(p.stem for p in SCALEOUT_DIR.glob("*.yaml"))
-    raise ConfigError(f"recipe {name_or_path!r} not found: neither {named} nor a file; known recipes: {known}")
 
 
 def run(args) -> int:

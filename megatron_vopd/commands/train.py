@@ -15,23 +15,26 @@ import sys
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train a recipe on this machine (torchrun, N local processes)")
-    p.add_argument("recipe", help="YAML recipe, e.g. configs/demo.yaml")
+    p.add_argument("recipe", help="YAML recipe (e.g. configs/demo.yaml) or a scale-out recipe's name (e.g. qwen3.5-4b, "
+                                  "as vopd plan --recipe takes it)")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. optimizer.train_steps=10")
     p.add_argument("--nproc", type=int, default=None, help="processes (default: TP x PP)")
-    p.add_argument("--dry-run", action="store_true", help="print the torchrun command and exit")
+    p.add_argument("--dry-run", "--dryrun", dest="dry_run", action="store_true",
+                   help="validate, print the torchrun command and exit")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from megatron_vopd.config import ConfigError, load_config, validate
+    from megatron_vopd.config import ConfigError, load_config, resolve_recipe, validate
     from megatron_vopd.runtime.torchrun import threads_per_process, torchrun_command
     from megatron_vopd.train.preflight import preflight
 
     try:
-        cfg = load_config(args.recipe, args.overrides)
+        recipe = str(resolve_recipe(args.recipe))
+        cfg = load_config(recipe, args.overrides)
         p = cfg.parallel
         nproc = args.nproc or p.tensor_model_parallel_size * p.pipeline_model_parallel_size
-        cmd = torchrun_command(nproc, "megatron_vopd.train.trainer", args.recipe, *args.overrides)
+        cmd = torchrun_command(nproc, "megatron_vopd.train.trainer", recipe, *args.overrides)
         validate(cfg, world_size=nproc)
         problems = preflight(cfg)
         if problems:

@@ -204,7 +204,7 @@ def run(args) -> int:
     """The command: preflight every input, start one engine, run each benchmark, write the summary."""
     import sys
 
-    from megatron_vopd.config import ConfigError, load_config
+    from megatron_vopd.config import ConfigError, load_config, resolve_recipe
     from megatron_vopd.eval.scoring import macro, summary_table
 
     try:
@@ -221,7 +221,7 @@ def run(args) -> int:
         for n, d in inputs.items():
             benchmark_files(n, d)  # files present
             next(iter(read_benchmark(n, d)), None)  # columns present (reads one row)
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(str(resolve_recipe(args.config)) if args.config else None, args.overrides)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         model_dir, model_cfg = resolve_model(Path(args.ckpt[0]), out, min_pixels=args.min_pixels,
