@@ -63,6 +63,9 @@ class LaunchOptions:
                               "use --executor slurm for several nodes")
         if self.executor in ("slurm", "docker") and not self.image:
             raise LaunchError(f"--executor {self.executor} needs --image (the GPU image built from docker/Dockerfile.gpu)")
+        if self.executor == "slurm" and self.ssh_host and not self.job_dir:
+            raise LaunchError("--ssh-host needs --job-dir: a folder on the cluster for the job files and logs "
+                              "(e.g. /lustre/$USER/vopd-jobs); the default would be a path on this machine")
         if self.executor == "slurm" and not self.account:
             raise LaunchError("--executor slurm needs --account (the Slurm account to charge)")
         for mount in self.mounts:

@@ -100,6 +100,30 @@ def _demo_stages(overrides: list[str], out: str, procs: int, scenes: int, eval_s
     ]
 
 
+CLUSTER_PATHS = ("data.train_file", "data.eval_file", "data.image_root", "checkpoint.dir", "checkpoint.load")
+
+
+def cluster_problems(run_stages: list[Stage]) -> list[str]:
+    """What would silently go wrong on a cluster: relative paths (each job resolves them inside its own job
+    folder, so data is not found and a resubmission never finds its checkpoints) and a null
+    checkpoint.load (training from random weights)."""
+    problems = []
+    for stage in run_stages:
+        if stage.config is None:
+            continue
+        cfg = load_config(REPO / stage.config, [a for a in stage.args[1:] if "=" in a])
+        for key in CLUSTER_PATHS:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            if value and not str(value).startswith("/"):
+                problems.append(f"stage {stage.name!r}: {key}={value} is relative: give the path on the cluster "
+                                f"(e.g. {key}=/lustre/...)")
+        if not cfg.checkpoint.load:
+            problems.append(f"stage {stage.name!r}: checkpoint.load is null: the run would start from random weights "
+                            "(set it to a checkpoint converted with vopd convert hf-to-megatron)")
+    return problems
+
+
 def check_stage_configs(run_stages: list[Stage], world_size: int, te_available: bool | None) -> None:
     """Loads and validates every trainer stage's recipe + overrides for ``world_size`` processes.
 

@@ -21,8 +21,8 @@ import sys
 from megatron_vopd.config import ConfigError
 
 from launch.executors import LaunchError, LaunchOptions, executor, script
-from launch.recipes import (DEMO_EVAL_SCENES, DEMO_TRAIN_SCENES, RECIPES, REPO, check_stage_configs, get_recipe,
-                            stages)
+from launch.recipes import (DEMO_EVAL_SCENES, DEMO_TRAIN_SCENES, RECIPES, REPO, check_stage_configs, cluster_problems,
+                            get_recipe, stages)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"demo: held-out scenes evaluated before and after (default {DEMO_EVAL_SCENES})")
     p.add_argument("--dry-run", "--dryrun", dest="dryrun", action="store_true",
                    help="print what would run; start nothing (the same option as vopd train --dry-run)")
+    p.add_argument("--warn-only", action="store_true",
+                   help="slurm/docker: only warn about relative paths and a null checkpoint.load (default: refuse)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="training recipe overrides")
     return p.parse_args(argv)
 
@@ -83,6 +85,12 @@ def build(args: argparse.Namespace):
     # The container carries Transformer Engine; on this host it is detected.
     check_stage_configs(run_stages, opts.nodes * opts.gpus_per_node,
                         te_available=True if args.executor != "local" else None)
+    if args.executor != "local":
+        problems = cluster_problems(run_stages)
+        if problems and not args.warn_only:
+            raise LaunchError("refusing to submit (--warn-only submits anyway):\n  " + "\n  ".join(problems))
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
     return f"vopd-{recipe.name}", [(s, script(s), executor(opts, s)) for s in run_stages]
 
 

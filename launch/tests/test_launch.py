@@ -49,7 +49,7 @@ def test_slurm_dryrun_has_torchrun_nodes_gpus_image_mounts_and_env(tmp_path):
                  "--image", IMAGE, "--account", "vopd-acc", "--partition", "batch", "--time", "06:00:00",
                  "--mount", "/lustre/data:/data", "--mount", "/lustre/ckpt:/checkpoints", "--env", "HF_HOME=/data/hf",
                  "--job-dir", str(tmp_path / "jobs"), "data.train_file=/data/train.parquet",
-                 "checkpoint.dir=/checkpoints/7b", "--dryrun")
+                 "checkpoint.dir=/checkpoints/7b", "checkpoint.load=/checkpoints/base", "--dryrun")
     assert res.returncode == 0, res.stderr[-4000:]
     sbatch = res.stdout
     for line in ("#SBATCH --nodes=2", "#SBATCH --gpus-per-node=8", "#SBATCH --ntasks-per-node=1",
@@ -67,14 +67,17 @@ def test_slurm_dryrun_has_torchrun_nodes_gpus_image_mounts_and_env(tmp_path):
     assert torchrun[torchrun.index("--rdzv-endpoint") + 1] == "$head_node_ip:29500"
     assert torchrun[torchrun.index("--node-rank") + 1] == "$SLURM_NODEID"
     assert torchrun[torchrun.index("-m"):] == ["-m", "megatron_vopd.train.trainer", "configs/scaleout/qwen2.5-vl-7b.yaml",
-                                               "data.train_file=/data/train.parquet", "checkpoint.dir=/checkpoints/7b"]
+                                               "data.train_file=/data/train.parquet", "checkpoint.dir=/checkpoints/7b",
+                                               "checkpoint.load=/checkpoints/base"]
 
 
 def test_docker_dryrun_has_torchrun_gpus_image_mounts_and_env(tmp_path):
     res = launch(tmp_path, "--recipe", "qwen2.5-vl-3b", "--executor", "docker", "--gpus-per-node", "8",
                  "--image", IMAGE, "--mount", "/data:/data", "--env", "WANDB_API_KEY=k", "logging.wandb_project=vopd",
-                 "--dryrun")
+                 "--warn-only", "--dryrun")  # the recipe's placeholder paths: warned about, not refused
     assert res.returncode == 0, res.stderr[-4000:]
+    assert "warning: stage 'train': data.train_file=data/vision_opd_6k/train.parquet is relative" in res.stderr
+    assert "warning: stage 'train': checkpoint.load is null" in res.stderr
     run = res.stdout[res.stdout.index("docker run"):]
     for flag in ("--runtime nvidia", "--gpus 8", "--ipc host", "--shm-size 16g", "--ulimit memlock=-1",
                  "-v /data:/data", "-e WANDB_API_KEY=k", "-e CUDA_DEVICE_MAX_CONNECTIONS=1", "-w /nemo_run/code",
@@ -85,6 +88,19 @@ def test_docker_dryrun_has_torchrun_gpus_image_mounts_and_env(tmp_path):
     assert cmd[cmd.index("--nnodes") + 1] == "1" and cmd[cmd.index("--nproc-per-node") + 1] == "8"
     assert cmd[cmd.index("-m"):] == ["-m", "megatron_vopd.train.trainer", "configs/scaleout/qwen2.5-vl-3b.yaml",
                                      "logging.wandb_project=vopd"]
+
+
+def test_cluster_runs_refuse_relative_paths_random_weights_and_a_laptop_job_dir(tmp_path):
+    res = launch(tmp_path, "--recipe", "qwen2.5-vl-7b", "--executor", "slurm", "--image", IMAGE, "--account", "a",
+                 "--job-dir", str(tmp_path / "jobs"), "--dryrun")
+    assert res.returncode == 2
+    for problem in ("data.train_file=data/vision_opd_6k/train.parquet is relative", "checkpoint.dir=checkpoints/"
+                    "qwen2.5-vl-7b is relative", "checkpoint.load is null: the run would start from random weights",
+                    "--warn-only submits anyway"):
+        assert problem in res.stderr, problem
+    res = launch(tmp_path, "--recipe", "qwen2.5-vl-7b", "--executor", "slurm", "--image", IMAGE, "--account", "a",
+                 "--ssh-host", "login.example.org", "--dryrun")
+    assert res.returncode == 2 and "--ssh-host needs --job-dir: a folder on the cluster" in res.stderr
 
 
 def test_local_dryrun_lists_the_demo_stages_in_the_runtime_env(tmp_path):
