@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import tempfile
 
 from megatron_vopd.config import ConfigError
 
@@ -105,7 +107,10 @@ def render(request) -> str:
                 env = " ".join(f"{k}={v}" for k, v in sorted(p.env.items()) if not k.startswith(("TORCHELASTIC", "PET_")))
                 lines += [f"cwd: {p.cwd}", f"env: {env}", "command: " + " ".join(p.args)]
         return "\n".join(lines)
-    return "\n".join(_docker_run(c) for c in request.containers)
+    # NeMo-Run creates its network before it starts the container; a command run by hand needs it too
+    network = {c.executor.network for c in request.containers} - {"host", "bridge", "none", None}
+    return "\n".join([*(f"docker network create {n}  # NeMo-Run does this itself" for n in sorted(network)),
+                      *(_docker_run(c) for c in request.containers)])
 
 
 def _docker_run(container) -> str:
@@ -121,6 +126,19 @@ def _docker_run(container) -> str:
     return " \\\n  ".join(p for p in parts if p)
 
 
+def _dryrun(title: str, tasks, args) -> int:
+    import nemo_run as run
+
+    with run.Experiment(title, log_level="WARN") as exp:
+        for stage, task, ex in tasks:
+            exp.add(task, executor=ex, name=stage.name, tail_logs=False)
+        exp.dryrun(log=False)
+        for job in exp.jobs:
+            print(f"===== stage {job.id} ({args.executor})")
+            print(render(job._dryrun_info.request))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
@@ -131,15 +149,16 @@ def main(argv: list[str] | None = None) -> int:
     import nemo_run as run
 
     os.chdir(REPO)  # local tasks run from the repository root (configs/ paths)
+    if args.dryrun:  # NeMo-Run records even a dry run's experiment: keep it out of ~/.nemo_run
+        home = tempfile.mkdtemp(prefix="vopd-dryrun-")
+        run.config.set_nemorun_home(home)
+        try:
+            return _dryrun(title, tasks, args)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
     with run.Experiment(title, log_level="WARN") as exp:
         for stage, task, ex in tasks:
-            exp.add(task, executor=ex, name=stage.name, tail_logs=not args.dryrun)
-        if args.dryrun:
-            exp.dryrun(log=False)
-            for job in exp.jobs:
-                print(f"===== stage {job.id} ({args.executor})")
-                print(render(job._dryrun_info.request))
-            return 0
+            exp.add(task, executor=ex, name=stage.name, tail_logs=True)
         exp.run(sequential=True)
     # leaving the context waits for every task; a task that failed stops the ones after it
     states = {job.id: str(job.state) for job in exp.jobs}

@@ -78,6 +78,7 @@ def test_docker_dryrun_has_torchrun_gpus_image_mounts_and_env(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     assert "warning: stage 'train': data.train_file=data/vision_opd_6k/train.parquet is relative" in res.stderr
     assert "warning: stage 'train': checkpoint.load is null" in res.stderr
+    assert "docker network create nemo_run" in res.stdout  # the printed commands run as they are
     run = res.stdout[res.stdout.index("docker run"):]
     for flag in ("--runtime nvidia", "--gpus 8", "--ipc host", "--shm-size 16g", "--ulimit memlock=-1",
                  "-v /data:/data", "-e WANDB_API_KEY=k", "-e CUDA_DEVICE_MAX_CONNECTIONS=1", "-w /nemo_run/code",
@@ -113,6 +114,7 @@ def test_local_dryrun_lists_the_demo_stages_in_the_runtime_env(tmp_path):
     assert "--nnodes 1 --nproc-per-node 2" in commands[2] and "configs/demo-warmup.yaml" in commands[2]
     assert "checkpoint.load=o/warmup" in commands[3] and "parallel.tensor_model_parallel_size=2" in commands[3]
     assert f"PATH={REPO}/.venv/bin" in res.stdout
+    assert not (tmp_path / "nemo_run").exists()  # a dry run leaves no experiment record behind
 
 
 @pytest.mark.parametrize("args, message", [
