@@ -165,3 +165,40 @@ def test_validate_line_names_file_line_and_key(tmp_path, synth_dir):
     row = {**raw_rows(synth_dir)[0], "answer": "Z"}
     with pytest.raises(DataError, match=r"^/x/train.jsonl:7: answer: 'Z' is not one of"):
         validate_line(json.dumps(row), file="/x/train.jsonl", line=7, root=synth_dir)
+
+
+def test_absolute_and_escaping_image_paths(tmp_path, synth_dir):
+    def absolute(row, raw):
+        return {**row, "images": [str(raw / row["images"][0])]}
+    expect_error(tmp_path / "a", synth_dir, absolute, "bad_value", "images:", "is absolute: give image paths relative")
+
+    def escaping(row, raw):
+        return {**row, "teacher_images": ["../elsewhere/crop.png"]}
+    expect_error(tmp_path / "b", synth_dir, escaping, "bad_value", "teacher_images:", "leaves the dataset directory")
+
+
+def test_a_directory_named_as_an_image_and_a_missing_original(tmp_path, synth_dir):
+    def directory(row, raw):
+        (raw / "images" / "adir").mkdir()
+        return {**row, "images": ["images/adir"]}
+    expect_error(tmp_path / "a", synth_dir, directory, "missing_image", "is a directory, not an image file")
+
+    def original(row, raw):
+        return {**row, "original_images": ["originals/sa_1.jpg"]}
+    expect_error(tmp_path / "b", synth_dir, original, "missing_image", "original_images[0]", "image file not found")
+
+
+def test_an_answer_contradicting_extra_info(tmp_path, synth_dir):
+    def contradict(row, raw):
+        other = "B" if row["answer"] != "B" else "C"
+        return {**row, "extra_info": {**(row.get("extra_info") or {}), "answer": other}}
+    expect_error(tmp_path, synth_dir, contradict, "bad_answer", "extra_info.answer:", "contradicts extra_info.answer")
+
+
+def test_duplicate_rows_are_kept_and_reported(tmp_path, synth_dir):
+    rows = raw_rows(synth_dir)[:3]
+    raw = make_raw_dir(tmp_path, synth_dir, [*rows, rows[0]])
+    summary = prepare(raw, tmp_path / "o.parquet", progress_every=0)
+    assert summary.rows_written == 4 and summary.duplicates == [(4, 1)]
+    assert "warning: 1 duplicate row(s), kept (same image and problem as an earlier row: line 4 = line 1)" in \
+        summary.format()

@@ -30,6 +30,8 @@ def resolve(path: str | Path, root: str | Path | None) -> Path:
 @contextmanager
 def _opened(path: Path, key: str | None):
     """The PIL image at ``path``; a missing or undecodable file raises DataError naming it."""
+    if path.is_dir():
+        raise DataError(f"{path} is a directory, not an image file", key=key, reason="missing_image")
     if not path.is_file():
         raise DataError(f"image file not found: {path}", key=key, reason="missing_image")
     try:

@@ -42,6 +42,7 @@ class PrepareSummary:
     rows_written: int = 0
     blank_lines: int = 0
     rejected: Counter = field(default_factory=Counter)  # reason -> count
+    duplicates: list = field(default_factory=list)  # (line, line of the earlier row with the same image and problem)
     seconds: float = 0.0
 
     @property
@@ -55,6 +56,10 @@ class PrepareSummary:
         lines += [f"  {reason}: {n}  ({REASONS[reason]})" for reason, n in sorted(self.rejected.items())]
         if self.blank_lines:
             lines.append(f"blank lines skipped: {self.blank_lines}")
+        if self.duplicates:
+            shown = ", ".join(f"line {a} = line {b}" for a, b in self.duplicates[:5])
+            lines.append(f"warning: {len(self.duplicates)} duplicate row(s), kept (same image and problem as an earlier "
+                         f"row: {shown}{', ...' if len(self.duplicates) > 5 else ''})")
         lines.append(f"time: {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -103,6 +108,7 @@ def prepare(src: str | Path, out: str | Path, *, jsonl: str = "train.jsonl", str
     rejects_f = open(rejects_path, "w", encoding="utf-8") if rejects_path else None
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     batch: list[Record] = []
+    seen: dict[tuple[str, str], int] = {}  # (image, problem) -> first line
     try:
         jobs = _jobs(path, src, source, check_images, summary)
         results = pool.map(_check, jobs, chunksize=8) if pool else map(_check, jobs)
@@ -115,6 +121,9 @@ def prepare(src: str | Path, out: str | Path, *, jsonl: str = "train.jsonl", str
                 rejects_f.write(json.dumps({"file": str(result.file), "line": result.line, "key": result.key,
                                             "reason": result.reason, "message": str(result)}) + "\n")
             else:
+                first = seen.setdefault((result.full_image, result.prompt), result.line)
+                if first != result.line:
+                    summary.duplicates.append((result.line, first))
                 batch.append(result)
                 if len(batch) >= WRITE_BATCH:
                     writer.write_table(to_table(batch))

@@ -93,6 +93,12 @@ def _one_path(obj: dict, key: str, *, required: bool) -> str | None:
         value = [value]
     if not isinstance(value, list) or len(value) != 1 or not isinstance(value[0], str) or not value[0]:
         raise DataError(f"expected a list with one image path, got {value!r}", key=key, reason="bad_value")
+    path = Path(value[0])
+    if path.is_absolute():  # the dataset could not move, and data.image_root would not apply
+        raise DataError(f"{value[0]} is absolute: give image paths relative to the dataset directory", key=key,
+                        reason="bad_value")
+    if ".." in path.parts:
+        raise DataError(f"{value[0]} leaves the dataset directory", key=key, reason="bad_value")
     return value[0]
 
 
@@ -143,6 +149,10 @@ def validate_row(obj: dict[str, Any], *, root: str | Path, source: str = "vision
     extra = obj.get("extra_info")
     if extra is not None and not isinstance(extra, dict):
         raise DataError(f"expected an object, got {type(extra).__name__}", key="extra_info", reason="bad_value")
+    stated = (extra or {}).get("answer")
+    if stated is not None and (not isinstance(stated, str) or stated.strip() != answer):
+        raise DataError(f"answer {answer!r} contradicts extra_info.answer {stated!r}", key="extra_info.answer",
+                        reason="bad_answer")
     question = (extra or {}).get("question")
     if not isinstance(question, str) or not question.strip():
         question = _question_from_problem(problem, option_start)
@@ -158,6 +168,8 @@ def validate_row(obj: dict[str, Any], *, root: str | Path, source: str = "vision
                         reason="bad_bbox")
     if teacher is not None:
         probe(resolve(teacher, root), decode=decode, key="teacher_images[0]")
+    if original is not None:  # not trained on, but named: it must be there
+        probe(resolve(original, root), decode=False, key="original_images[0]")
 
     return Record(id=f"{data_source}:{line}", source=data_source, line=line, full_image=student,
                   crop_image=teacher, original_image=original, image_width=width, image_height=height,
