@@ -63,3 +63,21 @@ def test_train_takes_a_recipe_name_and_both_spellings_of_dry_run():
     assert proc.returncode == 2 and "rollout.tensor_parallel_size=2" in proc.stderr  # its rollout TP: not on a CPU
     proc = vopd("train", "no-such-recipe")
     assert proc.returncode == 2 and "recipe 'no-such-recipe' not found" in proc.stderr
+
+
+def test_serve_auto_dtype_is_the_checkpoints(tmp_path):
+    import argparse
+    import json
+
+    from megatron_vopd.commands.serve import server_command
+
+    def dtype(config, flag="auto"):
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        args = argparse.Namespace(ckpt=str(tmp_path), host="127.0.0.1", port=8000, dtype=flag, max_model_len=8192,
+                                  tensor_parallel_size=1, served_model_name=None)
+        cmd = server_command(args)
+        return cmd[cmd.index("--dtype") + 1]
+
+    assert dtype({"dtype": "float32"}) == "float32"  # vLLM's own "auto" would serve it in bfloat16 on a CPU
+    assert dtype({"torch_dtype": "bfloat16"}) == "bfloat16"
+    assert dtype({}) == "auto" and dtype({"dtype": "float32"}, "float16") == "float16"

@@ -14,19 +14,29 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve an exported HF checkpoint with vLLM's OpenAI-compatible server")
     p.add_argument("--ckpt", required=True, help="Hugging Face folder (e.g. written by `vopd convert megatron-to-hf`)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default="auto", help="weight/compute dtype (auto: the checkpoint's)")
-    p.add_argument("--max-model-len", type=int, default=8192)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--dtype", default="auto", help="weight/compute dtype (auto: the checkpoint's, from its config.json)")
+    p.add_argument("--max-model-len", type=int, default=8192, help="context length: prompt + answer tokens (default 8192)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs the model is split over (default 1)")
     p.add_argument("--served-model-name", help="model name clients send (default: the folder name)")
     p.add_argument("--kv-cache-gib", type=int, default=4, help="KV cache on CPU (VLLM_CPU_KVCACHE_SPACE)")
     p.set_defaults(func=run)
 
 
+def checkpoint_dtype(ckpt: Path) -> str:
+    """The dtype config.json records (``dtype``, or the older ``torch_dtype``); "auto" when it records none.
+    vLLM's own "auto" would serve a float32 checkpoint in bfloat16 on the CPU."""
+    import json
+
+    config = json.loads((ckpt / "config.json").read_text())
+    return str(config.get("dtype") or config.get("torch_dtype") or "auto")
+
+
 def server_command(args) -> list[str]:
+    dtype = checkpoint_dtype(Path(args.ckpt)) if args.dtype == "auto" else args.dtype
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(Path(args.ckpt).resolve()),
-           "--host", args.host, "--port", str(args.port), "--dtype", args.dtype,
+           "--host", args.host, "--port", str(args.port), "--dtype", dtype,
            "--max-model-len", str(args.max_model_len), "--tensor-parallel-size", str(args.tensor_parallel_size),
            "--served-model-name", args.served_model_name or Path(args.ckpt).resolve().name,
            "--limit-mm-per-prompt", '{"image": 1}']
