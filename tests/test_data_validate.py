@@ -202,3 +202,11 @@ def test_duplicate_rows_are_kept_and_reported(tmp_path, synth_dir):
     assert summary.rows_written == 4 and summary.duplicates == [(4, 1)]
     assert "warning: 1 duplicate row(s), kept (same image and problem as an earlier row: line 4 = line 1)" in \
         summary.format()
+
+
+def test_an_image_the_processor_would_refuse_is_rejected_at_prepare(tmp_path, synth_dir):
+    def sliver(row, raw):
+        Image.new("RGB", (402, 2), "white").save(raw / "images" / "sliver.png")
+        return {**row, "teacher_images": ["images/sliver.png"]}
+    expect_error(tmp_path, synth_dir, sliver, "bad_image", "teacher_images[0]:", "402x2",
+                 "refuses an aspect ratio over 200:1")

@@ -120,6 +120,15 @@ def _bbox(value: Any) -> tuple[int, int, int, int]:
     return x1, y1, x2, y2
 
 
+MAX_ASPECT = 200  # the Qwen-VL image processors (ours and transformers') refuse longer sides over 200x the shorter
+
+
+def _processable(width: int, height: int, path: str, key: str) -> None:
+    if min(width, height) < 1 or max(width, height) / min(width, height) > MAX_ASPECT:
+        raise DataError(f"{path} is {width}x{height}: the image processor refuses an aspect ratio over {MAX_ASPECT}:1",
+                        key=key, reason="bad_image")
+
+
 def validate_row(obj: dict[str, Any], *, root: str | Path, source: str = "vision-opd-6k", line: int = 0,
                  check_images: CheckImages = "decode") -> Record:
     """A validated ``Record`` from a parsed row; ``DataError`` (without file/line: the caller adds them)."""
@@ -166,8 +175,10 @@ def validate_row(obj: dict[str, Any], *, root: str | Path, source: str = "vision
     if x1 < 0 or y1 < 0 or x2 > width or y2 > height:
         raise DataError(f"{list(bbox)} lies outside the {width}x{height} image {student}", key="bbox",
                         reason="bad_bbox")
+    _processable(width, height, student, "images[0]")
     if teacher is not None:
-        probe(resolve(teacher, root), decode=decode, key="teacher_images[0]")
+        tw, th, _ = probe(resolve(teacher, root), decode=decode, key="teacher_images[0]")
+        _processable(tw, th, teacher, "teacher_images[0]")
     if original is not None:  # not trained on, but named: it must be there
         probe(resolve(original, root), decode=False, key="original_images[0]")
 
