@@ -162,3 +162,25 @@ def test_raw_jsonl_can_be_loaded_directly(synth_dir, prepared, qwen25_tokenizer)
     assert from_jsonl.records == from_parquet.records
     a, b = next(iter(from_jsonl)), next(iter(from_parquet))
     np.testing.assert_array_equal(a.prompts[0].crop.input_ids, b.prompts[0].crop.input_ids)
+
+
+def test_an_image_that_breaks_after_prepare_names_the_row(tmp_path):
+    """An image deleted (or corrupted) after prepare: the loader's error names the source row and the image."""
+    import pytest
+
+    from megatron_vopd.data.errors import DataError
+    from megatron_vopd.data.loader import PromptLoader
+    from megatron_vopd.data.prepare import prepare
+    from megatron_vopd.data.synth import synthesize
+    from megatron_vopd.data.tokenizer import load_tokenizer
+
+    raw = tmp_path / "raw"
+    synthesize(raw, 2, seed=0, size=96)
+    prepare(raw, tmp_path / "t.parquet", progress_every=0)
+    loader = PromptLoader.from_file(tmp_path / "t.parquet", tokenizer=load_tokenizer("qwen2.5"), shuffle=False,
+                                    min_crop_size=32)
+    (raw / loader.records[1].full_image).write_bytes(b"not a png any more")
+    loader.encode(loader.records[0])
+    with pytest.raises(DataError) as info:
+        loader.encode(loader.records[1])
+    assert str(info.value).startswith(f"{raw / 'train.jsonl'}:2: ") and loader.records[1].full_image in str(info.value)

@@ -27,6 +27,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from megatron_vopd.data.errors import DataError
 from megatron_vopd.data.chat_template import IMAGE_PAD, expand_image_pads, tokenize_prompt
 from megatron_vopd.data.image_processing import QwenVLImageProcessor
 from megatron_vopd.data.schema import Record, read_records
@@ -115,13 +116,16 @@ class PromptLoader:
         self.pad_id = tokenizer.convert_tokens_to_ids(IMAGE_PAD)
         self.skipped: dict[str, int] = {}  # row id -> prompt length, for prompts over max_prompt_length
         self._epoch, self._position = 0, 0
+        self.source: str | None = None  # the data file, named by errors (from_file sets it)
 
     @classmethod
     def from_file(cls, path: str | Path, *, image_root: str | Path | None = None, **kwargs) -> "PromptLoader":
         """A loader over a prepared parquet (or raw jsonl); images relative to ``image_root``, else the
         directory recorded by ``vopd data prepare``."""
         records, meta = load_records(path)
-        return cls(records, image_root=image_root or meta.get("image_root") or Path(path).parent, **kwargs)
+        loader = cls(records, image_root=image_root or meta.get("image_root") or Path(path).parent, **kwargs)
+        loader.source = meta.get("source_file") or str(path)  # record.line is a line of the source jsonl
+        return loader
 
     @classmethod
     def from_config(cls, cfg, path: str | Path | None = None, *, tokenizer=None, **kwargs) -> "PromptLoader":
@@ -180,14 +184,21 @@ class PromptLoader:
                            np.array([grid], dtype=np.int64))
 
     def encode(self, record: Record) -> EncodedPrompt:
-        """Both views of one record (images opened, processed, prompt tokenised)."""
-        full_image, crop_image = load_views(record.full_image, record.crop_image, record.bbox,
-                                                  root=self.image_root, margin=self.crop_margin,
-                                                  min_size=self.min_crop_size)
-        ids = tokenize_prompt(record.prompt, self.tokenizer, self.family, thinking=self.thinking)
-        return EncodedPrompt(record.id, record.answer, record.options, self._view(ids, full_image),
-                             self._view(ids, crop_image), np.asarray(ids, dtype=np.int64), full_image,
-                             crop_image)
+        """Both views of one record (images opened, processed, prompt tokenised). A failure names the
+        record (its source row) and the image: DataError."""
+        try:
+            full_image, crop_image = load_views(record.full_image, record.crop_image, record.bbox,
+                                                root=self.image_root, margin=self.crop_margin,
+                                                min_size=self.min_crop_size)
+            ids = tokenize_prompt(record.prompt, self.tokenizer, self.family, thinking=self.thinking)
+            full, crop = self._view(ids, full_image), self._view(ids, crop_image)
+        except (DataError, ValueError, OSError) as e:
+            reason = e.reason if isinstance(e, DataError) else "bad_image"
+            raise DataError(f"{e.message if isinstance(e, DataError) else e} (image {record.full_image})",
+                            file=self.source or record.source, line=record.line, key=getattr(e, "key", None),
+                            reason=reason) from None
+        return EncodedPrompt(record.id, record.answer, record.options, full, crop, np.asarray(ids, dtype=np.int64),
+                             full_image, crop_image)
 
     def _too_long(self, prompt: EncodedPrompt) -> bool:
         if self.max_prompt_length is None:
