@@ -70,7 +70,10 @@ def test_serve_answers_a_chat_request_with_an_image_and_stops_on_sigterm(tmp_pat
         code = proc.wait(timeout=120)
         log.close()
     assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
-    assert "Downcasting" not in (tmp_path / "serve.log").read_text()  # --dtype auto: the checkpoint's float32
+    text = (tmp_path / "serve.log").read_text()
+    assert "Downcasting" not in text  # --dtype auto: the checkpoint's float32
+    assert "[serve] ready after" in text and "serves model 'tiny'" in text
+    print(f"{len(text.splitlines())} lines of output:", text[-3000:])
 
 
 def test_serve_refuses_a_megatron_checkpoint(tmp_path):

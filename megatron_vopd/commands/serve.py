@@ -1,13 +1,17 @@
 """``vopd serve --ckpt DIR``: serve an exported Hugging Face checkpoint through vLLM's OpenAI-compatible server.
 
-The process becomes vLLM's API server (exec), so signals reach it directly: SIGTERM stops it
-cleanly. A Megatron checkpoint is refused with the command that exports it.
+vLLM's API server runs as a child; this process prints one "ready" line once the server answers,
+passes SIGTERM / Ctrl-C on to it (it stops cleanly) and exits with its exit code. vLLM logs at WARNING
+(``VLLM_LOGGING_LEVEL`` overrides). A Megatron checkpoint is refused with the command that exports it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -60,8 +64,32 @@ def run(args) -> int:
     if not (ckpt / "config.json").is_file():
         print(f"error: {ckpt} has no config.json: not a Hugging Face checkpoint folder", file=sys.stderr)
         return 2
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(args.kv_cache_gib),
+           # vLLM's start-up INFO lines (~190) bury the one that matters; VLLM_LOGGING_LEVEL=INFO brings them back
+           "VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
     cmd = server_command(args)
-    print(f"[serve] {ckpt} on http://{args.host}:{args.port}/v1 (vLLM OpenAI-compatible server)", flush=True)
-    os.execvpe(cmd[0], cmd, env)
-    return 0  # not reached
+    url = f"http://{args.host}:{args.port}/v1"
+    print(f"[serve] starting vLLM's OpenAI-compatible server for {ckpt} on {url} (start-up takes a minute or more)",
+          flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    # SIGTERM / Ctrl-C go to the server, which shuts down cleanly; its exit code is ours
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+    t0 = time.monotonic()
+    while proc.poll() is None:
+        if _healthy(f"http://{args.host}:{args.port}/health"):
+            name = args.served_model_name or ckpt.resolve().name
+            print(f"[serve] ready after {time.monotonic() - t0:.0f}s: {url} serves model {name!r}", flush=True)
+            break
+        time.sleep(2)
+    return proc.wait()
+
+
+def _healthy(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except OSError:
+        return False
