@@ -26,7 +26,7 @@ def requirements() -> dict[str, list[Requirement]]:
     for line in project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]:
         req = Requirement(line)
         reqs.setdefault(req.name, []).append(req)
-    torch_pin = re.search(r"pip install (torch==[\w.]+)\n", (REPO / "tools/setup_env.sh").read_text()).group(1)
+    torch_pin = re.search(r"pip install .*?(torch==[\w.]+)\n", (REPO / "tools/setup_env.sh").read_text()).group(1)
     reqs["torch"].append(Requirement(torch_pin))
     return reqs
 
