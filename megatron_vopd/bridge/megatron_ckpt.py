@@ -120,8 +120,9 @@ def model_checkpoint(path: str | Path) -> Path:
     if (path / MODEL_CONFIG).is_file():
         return path
     tracker = path / "latest"  # train.checkpoint's tracker file
-    if tracker.is_file() and (path / tracker.read_text().strip() / MODEL_CONFIG).is_file():
-        return path / tracker.read_text().strip()
+    named = path / tracker.read_text().strip() if tracker.is_file() else None
+    if named is not None and (named / MODEL_CONFIG).is_file():
+        return named
     found = [d for _, d in iteration_folders(path) if (d / MODEL_CONFIG).is_file()] if path.is_dir() else []
     if not found:
         raise FileNotFoundError(f"{path}: neither a megatron-vopd checkpoint ({MODEL_CONFIG}) nor a training run "
@@ -203,8 +204,7 @@ def teacher_request(sharded: dict, stored_keys, ckpt: Path) -> dict:
     def from_teacher(v):
         if getattr(v, "data", None) is None:  # a sharded object (layer extra state): only its key moves
             return retarget(v, key=TEACHER_PREFIX + v.key)
-        meta = stored_keys.get(TEACHER_PREFIX + v.key) if hasattr(stored_keys, "get") else None
-        dtype = getattr(meta, "dtype", None) or v.data.dtype
+        dtype = getattr(stored_keys.get(TEACHER_PREFIX + v.key), "dtype", None) or v.data.dtype
         return retarget(v, key=TEACHER_PREFIX + v.key, data=torch.empty_like(v.data, dtype=dtype))
 
     return {k: from_teacher(v) for k, v in sharded.items()}

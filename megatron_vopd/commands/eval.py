@@ -33,7 +33,8 @@ class EvalInputError(ValueError):
 def register(sub) -> None:
     p = sub.add_parser("eval", help="accuracy of Megatron checkpoints on the full image and the crop (vLLM, greedy)")
     p.add_argument("--ckpt", action="append", required=True, metavar="DIR",
-                   help="Megatron checkpoint folder, or a run folder of iter_* checkpoints (repeatable)")
+                   help="Megatron checkpoint folder, or a run folder of iter_* checkpoints (repeatable); "
+                        "with --benchmark one, which may also be a Hugging Face folder")
     p.add_argument("--data", help="eval parquet (vopd data prepare) or raw jsonl; default: data.eval_file")
     p.add_argument("--out", required=True, help="output folder: eval.json, eval.png, predictions, engine/")
     p.add_argument("--config", help="recipe (e.g. configs/demo.yaml, or a scale-out recipe's name) for data.* and "

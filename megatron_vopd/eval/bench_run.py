@@ -64,7 +64,7 @@ def resolve_model(ckpt: Path, out: Path, *, min_pixels: int | None, max_pixels: 
     """(HF folder the engine serves, its ModelConfig): ``ckpt`` itself when it is a HF folder, else the
     Megatron checkpoint (a run: its latest) exported to ``out/engine`` (reused when already exported)."""
     from megatron_vopd.bridge.hf_config import read_hf_config
-    from megatron_vopd.bridge.megatron_ckpt import iteration_folders, read_model_config
+    from megatron_vopd.bridge.megatron_ckpt import model_checkpoint, read_model_config
 
     if (ckpt / "config.json").is_file() and not (ckpt / "vopd_model.yaml").is_file():
         if min_pixels is not None or max_pixels is not None:
@@ -72,12 +72,10 @@ def resolve_model(ckpt: Path, out: Path, *, min_pixels: int | None, max_pixels: 
                                 f"the Hugging Face folder {ckpt} is served with its own processor "
                                 "(preprocessor_config.json), as the reference serves it")
         return ckpt, read_hf_config(ckpt)
-    if not (ckpt / "vopd_model.yaml").is_file():
-        found = [d for _, d in iteration_folders(ckpt) if (d / "vopd_model.yaml").is_file()] if ckpt.is_dir() else []
-        if not found:
-            raise BenchRunError(f"--ckpt {ckpt}: neither a Hugging Face folder (config.json) nor a Megatron "
-                                "checkpoint (vopd_model.yaml) nor a run folder of iter_* checkpoints")
-        ckpt = found[-1]
+    try:
+        ckpt = model_checkpoint(ckpt)
+    except FileNotFoundError as e:
+        raise BenchRunError(f"--ckpt {e} (nor a Hugging Face folder: no config.json)") from None
     engine_dir, source = out / "engine", str(ckpt.resolve()) + f" pixels {min_pixels} {max_pixels}"
     stamp = engine_dir / ".vopd_exported_from"
     if not (stamp.is_file() and stamp.read_text() == source):

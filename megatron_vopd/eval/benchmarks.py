@@ -277,12 +277,12 @@ def _record(name, fmt, row, where, boxes=None) -> BenchRecord | BadRow:
         _check_answer(name, gt, row)
         image = image_bytes(row.get(column), column)
         check_image(image, column)
-        crop = None
-        if row.get("crop_image") is not None and (row["crop_image"].get("bytes") if isinstance(row["crop_image"], dict)
-                                                  else row["crop_image"]):
-            crop = image_bytes(row["crop_image"], "crop_image")
+        crop, cell = None, row.get("crop_image")
+        if cell and (cell.get("bytes") if isinstance(cell, dict) else True):  # a crop shipped with the row
+            crop = image_bytes(cell, "crop_image")
             check_image(crop, "crop_image")
-        stem = Path(str((row.get("image") or {}).get("path") or "")).stem if isinstance(row.get("image"), dict) else ""
+        cell = row.get("image")
+        stem = Path(cell.get("path") or "").stem if isinstance(cell, dict) else ""
         if boxes and stem in boxes:  # V* with its official annotations beside the parquet
             crop = evidence_crop(image, boxes[stem])
     except (ValueError, KeyError, TypeError) as e:

@@ -1,6 +1,6 @@
 """The checks of a training run that read the file system, run before any process, engine or download
-starts (``vopd train``; the trainer repeats them on rank 0): the data files exist, and a
-``checkpoint.load`` checkpoint exists and holds the model the recipe describes.
+starts (``vopd train``, and the trainer's entry point in every process before its process group): the data
+files exist, and a ``checkpoint.load`` checkpoint exists and holds the model the recipe describes.
 
     errors = preflight(cfg)        # [] or messages, each naming its key and path
 """
